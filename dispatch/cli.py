@@ -1,0 +1,110 @@
+"""The ``dispatch`` command line.
+
+Exit codes: 0 success (including a drained stop on SIGTERM/SIGINT); 1 runtime failure (store
+unreachable, agent failure); 2 bad usage or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import __version__
+from .errors import ConfigError, DispatchError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+logger = logging.getLogger("dispatch.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatch", description="Run outbound voice-AI call campaigns."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the dispatcher (the daemon)")
+    _config_option(run)
+    run.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit once every record is in a terminal state (batch use)",
+    )
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply pending schema migrations")
+    _config_option(upgrade)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("/etc/pinecall-dispatch/config.toml"),
+        help="TOML configuration file (default: %(default)s)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imported here so `dispatch --help` stays fast.
+    from .config import load_settings
+    from .logs import configure_logging
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"dispatch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.logging.level, settings.logging.format)
+    base = args.config.resolve().parent
+    try:
+        if args.command == "run":
+            from .daemon import run_daemon
+
+            anyio.run(
+                functools.partial(
+                    run_daemon, settings, base=base, exit_when_done=args.exit_when_done
+                )
+            )
+        elif args.command == "db":
+            anyio.run(_upgrade, settings, base)
+    except ConfigError as exc:
+        print(f"dispatch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DispatchError as exc:
+        logger.error("dispatch.failed %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _upgrade(settings: Settings, base: Path) -> None:
+    from .config import store_url
+    from .store import Store
+
+    store = Store(store_url(settings, base))
+    try:
+        await store.open()
+        print(f"{store!r}: schema is up to date")
+    finally:
+        await store.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

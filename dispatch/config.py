@@ -1,0 +1,232 @@
+"""Configuration: a TOML file, overridable by ``DISPATCH_...`` environment variables.
+
+Every key maps onto a constructor argument of the library (``DispatchHub``, ``Pacing``,
+``RetryPolicy``, ``SimulatedAgent``, ``CsvStrategy``), so nothing here is out of reach from
+Python. Relative paths (the CSV file, a SQLite database) are resolved against the directory
+holding the configuration file.
+
+Environment overrides use ``__`` between levels: ``DISPATCH_PACING__MAX_CONCURRENT=5``,
+``DISPATCH_STORE__URL=postgresql://...``. They win over the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from .abc import Agent, Strategy
+from .agents import SimulatedAgent
+from .errors import ConfigError
+from .hub import DispatchHub
+from .options import Pacing, RecoverMode, RetryPolicy
+
+__all__ = [
+    "AgentConfig",
+    "CsvStrategyConfig",
+    "PythonStrategyConfig",
+    "Settings",
+    "build_hub",
+    "load_settings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StoreConfig(_Section):
+    url: str = Field("sqlite:///dispatch.db", description="SQLAlchemy URL of the ledger.")
+
+
+class PacingConfig(_Section):
+    max_calls_per_minute: int | None = Field(None, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    window: float = Field(60.0, gt=0, description="Seconds of the sliding window.")
+
+
+class RetryConfig(_Section):
+    attempts: int = Field(0, ge=0, description="Extra dials after a rejected one.")
+    delay: float = Field(60.0, ge=0, description="Seconds before a retry.")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class SimulatedAgentConfig(_Section):
+    kind: Literal["simulated"] = "simulated"
+    answered: float = Field(0.7, ge=0)
+    no_answer: float = Field(0.15, ge=0)
+    busy: float = Field(0.1, ge=0)
+    failed: float = Field(0.05, ge=0)
+    ring_seconds: tuple[float, float] = (2.0, 8.0)
+    talk_seconds: tuple[float, float] = (20.0, 120.0)
+    time_scale: float = Field(1.0, ge=0)
+    seed: int = 0
+
+    def build(self) -> Agent:
+        return SimulatedAgent(**self.model_dump(exclude={"kind"}))
+
+
+AgentConfig = Annotated[SimulatedAgentConfig, Field(discriminator="kind")]
+
+
+class CsvStrategyConfig(_Section):
+    kind: Literal["csv"]
+    name: str | None = None
+    path: Path
+    id: str | None = None
+    phone: str = "{phone}"
+    greeting: str | None = None
+    metadata: dict[str, str] | None = None
+    prompt_vars: dict[str, str] = Field(default_factory=dict)
+    from_: str | None = Field(None, alias="from")
+    timezone: str | None = None
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    encoding: str = "utf-8-sig"
+
+    def build(self, base: Path) -> Strategy:
+        from strategies.csv import CsvStrategy  # strategies depend on dispatch, not the reverse
+
+        options = self.model_dump(exclude={"kind", "path"})
+        return CsvStrategy(_resolve(base, self.path), **options)
+
+
+class PythonStrategyConfig(_Section):
+    kind: Literal["python"]
+    path: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="module:Class")
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self, base: Path) -> Strategy:
+        module_name, _, attr = self.path.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"strategies: cannot import {self.path!r}: {exc}") from exc
+        options = dict(self.options)
+        if self.name is not None:
+            options["name"] = self.name
+        strategy = target(**options)
+        if not isinstance(strategy, Strategy):
+            raise ConfigError(f"strategies: {self.path!r} did not produce a dispatch.Strategy")
+        return strategy
+
+
+StrategyConfig = Annotated[CsvStrategyConfig | PythonStrategyConfig, Field(discriminator="kind")]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. See ``config.example.toml`` and docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    from_: str | None = Field(None, alias="from", description="Default caller id (E.164).")
+    default_region: str | None = Field(
+        None, min_length=2, max_length=2, description="Region for numbers written without +."
+    )
+    poll_interval: float = Field(5.0, gt=0)
+    drain_timeout: float = Field(30.0, ge=0)
+    recover: RecoverMode = "interrupt"
+    callback_timeout: float = Field(30.0, gt=0)
+    store: StoreConfig = StoreConfig()
+    pacing: PacingConfig = PacingConfig()
+    retry: RetryConfig = RetryConfig()
+    logging: LoggingConfig = LoggingConfig()
+    agent: AgentConfig = SimulatedAgentConfig()
+    strategies: list[StrategyConfig] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init values).
+        return env_settings, file_secret_settings, init_settings
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML configuration; raise :class:`ConfigError` naming the bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        # Discriminated unions add the tag ("csv") to the location; drop it for readability.
+        loc = [p for p in error["loc"] if p not in ("csv", "python", "simulated")]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{key or '(top level)'}: {message}")
+    return "; ".join(problems)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def store_url(settings: Settings, base: Path) -> str:
+    """The store URL with a relative SQLite path resolved against ``base``."""
+    url = make_url(settings.store.url)
+    database = url.database
+    if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        url = url.set(database=str(_resolve(base, Path(database))))
+    return url.render_as_string(hide_password=False)
+
+
+def build_hub(
+    settings: Settings, *, base: Path | None = None, exit_when_done: bool = False
+) -> DispatchHub:
+    """Construct the hub the configuration describes; ``base`` anchors relative paths."""
+    base = base or Path.cwd()
+    strategies = [config.build(base) for config in settings.strategies]
+    try:
+        return DispatchHub(
+            agent=settings.agent.build(),
+            strategies=strategies,
+            from_=settings.from_,
+            store=store_url(settings, base),
+            pacing=Pacing(**settings.pacing.model_dump()),
+            retry=RetryPolicy(**settings.retry.model_dump()),
+            poll_interval=settings.poll_interval,
+            drain_timeout=settings.drain_timeout,
+            default_region=settings.default_region,
+            recover=settings.recover,
+            callback_timeout=settings.callback_timeout,
+            exit_when_done=exit_when_done,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,62 @@
+"""Every exception the library raises, in one tree rooted at :class:`DispatchError`.
+
+Retry code matches on type: :class:`DialRejected` is a definite "the phone did not take this
+call" (retryable within ``retry_attempts``), :class:`DialUnknown` means the outcome is unknown
+(the phone may have rung), so it is never retried automatically.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DialError",
+    "DialRejected",
+    "DialUnknown",
+    "DispatchError",
+    "InvalidPhone",
+    "StoreError",
+]
+
+
+class DispatchError(Exception):
+    """Root of every error raised by pinecall-dispatch."""
+
+
+class ConfigError(DispatchError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class StoreError(DispatchError):
+    """The store could not be reached or a write failed; the driver error is chained."""
+
+
+class InvalidPhone(DispatchError, ValueError):
+    """A phone number could not be parsed into E.164."""
+
+    def __init__(self, phone: str, reason: str) -> None:
+        super().__init__(f"invalid phone {phone!r}: {reason}")
+        self.phone = phone
+        self.reason = reason
+
+
+class DialError(DispatchError):
+    """A dial did not produce a call."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DialRejected(DialError):
+    """The platform definitely did not connect the call (busy, no answer, failed, canceled).
+
+    ``reason`` is normalised (``no_answer``, ``busy``, ``failed``, ``canceled`` or the
+    platform's own word). The hub retries the record while it has attempts left.
+    """
+
+
+class DialUnknown(DialError):
+    """The outcome of the dial is unknown (no answer from the platform in time, connection lost).
+
+    The phone may have rung, so the hub never retries such a dial automatically.
+    """

@@ -1,0 +1,641 @@
+"""The hub: polls strategies and moves each record through admission, pacing and dialing.
+
+It orchestrates; the rules live elsewhere: admission in :mod:`dispatch.admission`, pacing in
+:mod:`dispatch.pacing`, persistence in :mod:`dispatch.store`, callbacks in
+:mod:`dispatch.callbacks`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .abc import Agent, Call, DialRequest, Strategy
+from .admission import Admission, Admit, Defer, Skip
+from .callbacks import CallbackRunner
+from .clock import Clock, SystemClock
+from .errors import DialRejected, DialUnknown, DispatchError, StoreError
+from .options import Pacing, RecoverMode, RetryPolicy
+from .pacing import SlidingWindowLimiter
+from .record import Record
+from .states import AttemptState, RecordState
+from .store import KnownRecord, Store
+
+__all__ = ["DispatchHub", "HubStatistics"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    """A snapshot of the hub's counters since it started."""
+
+    pending: int
+    waiting: int  # retries and not-yet-due records
+    active: int
+    dialed: int
+    completed: int
+    failed: int
+    skipped: int
+    already_handled: int  # in the latest poll of each strategy
+
+
+@dataclass(slots=True)
+class _Source:
+    """Per-strategy state: what is queued, in flight, and already known to the store."""
+
+    strategy: Strategy
+    known: dict[str, KnownRecord] = field(default_factory=dict)
+    pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
+    in_flight: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    polls: int = 0
+    polling: bool = False
+    handled_in_last_poll: int = 0  # records the last poll returned that were already terminal
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name
+
+    def queued(self, record_id: str) -> bool:
+        return record_id in self.pending or record_id in self.in_flight or record_id in self.waiting
+
+
+@dataclass(slots=True)
+class _Counters:
+    dialed: int = 0
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    state: AttemptState
+    reason: str | None
+    call_id: str | None = None
+    duration: float | None = None
+
+
+class DispatchHub:
+    """Dial the records of one or more strategies through one agent.
+
+    Options come as objects (``pacing=Pacing(...)``, ``retry=RetryPolicy(...)``) or, for parity
+    with ``@pinecall/dispatch``, as the flat keywords ``max_calls_per_minute``,
+    ``max_concurrent``, ``retry_attempts`` and ``retry_delay``. ``store`` is a SQLAlchemy URL or
+    a :class:`~dispatch.store.Store`.
+
+    Run it with ``await hub.run()`` (until :meth:`stop` or cancellation), or as an async context
+    manager that runs it in the background. With ``exit_when_done=True`` it stops by itself once
+    every polled record has reached a terminal state.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent: Agent,
+        strategies: Sequence[Strategy],
+        from_: str | None = None,
+        store: str | Store = "sqlite:///dispatch.db",
+        pacing: Pacing | None = None,
+        retry: RetryPolicy | None = None,
+        max_calls_per_minute: int | None = None,
+        max_concurrent: int | None = None,
+        retry_attempts: int | None = None,
+        retry_delay: float | None = None,
+        poll_interval: float = 5.0,
+        drain_timeout: float = 30.0,
+        default_region: str | None = None,
+        recover: RecoverMode = "interrupt",
+        exit_when_done: bool = False,
+        callback_timeout: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
+        names = [s.name for s in strategies]
+        if not names:
+            raise ValueError("a hub needs at least one strategy")
+        if len(set(names)) != len(names):
+            raise ValueError(f"strategy names must be unique, got {names}")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.agent = agent
+        self.from_ = from_
+        self.pacing = _merge_pacing(pacing, max_calls_per_minute, max_concurrent)
+        self.retry = _merge_retry(retry, retry_attempts, retry_delay)
+        self.poll_interval = poll_interval
+        self.drain_timeout = drain_timeout
+        self.recover = recover
+        self.exit_when_done = exit_when_done
+        self.clock = clock or SystemClock()
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.admission = Admission(default_region=default_region, clock=self.clock)
+        self._sources = [_Source(s) for s in strategies]
+        self._limiter = (
+            SlidingWindowLimiter(
+                self.pacing.max_calls_per_minute, self.pacing.window, clock=self.clock
+            )
+            if self.pacing.max_calls_per_minute
+            else None
+        )
+        self._callbacks = CallbackRunner(timeout=callback_timeout)
+        self._counters = _Counters()
+        self._phones_busy: set[str] = set()
+        self._delayed: list[tuple[float, int, _Source, Record]] = []
+        self._seq = itertools.count()
+        self._rr = 0  # round-robin position across sources
+        self._changed: anyio.Event | None = None
+        self._delayed_scope: anyio.CancelScope | None = None
+        self._stopping: anyio.Event | None = None
+        self._stop_requested = False
+        self._running = False
+        self._background: TaskGroup | None = None
+
+    # -- public control ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop dialing; calls in flight are awaited up to ``drain_timeout``. Safe to call
+        from callbacks and signal handlers running in the hub's event loop, and more than once."""
+        self._stop_requested = True
+        if self._stopping is not None:
+            self._stopping.set()
+        self._notify()
+
+    def statistics(self) -> HubStatistics:
+        c = self._counters
+        return HubStatistics(
+            pending=sum(len(s.pending) for s in self._sources),
+            waiting=len(self._delayed),
+            active=sum(len(s.in_flight) for s in self._sources),
+            dialed=c.dialed,
+            completed=c.completed,
+            failed=c.failed,
+            skipped=c.skipped,
+            already_handled=sum(s.handled_in_last_poll for s in self._sources),
+        )
+
+    async def __aenter__(self) -> Self:
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        await self._background.start(self._run_started)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        assert self._background is not None
+        return await self._background.__aexit__(exc_type, exc, tb)
+
+    async def _run_started(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await self.run(task_status=task_status)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until :meth:`stop` (or, with ``exit_when_done``, until the work is done)."""
+        if self._running:
+            raise DispatchError("this hub is already running")
+        self._running = True
+        self._stopping = anyio.Event()
+        if self._stop_requested:
+            self._stopping.set()
+        try:
+            await self._open()
+            async with anyio.create_task_group() as outer:
+                await outer.start(self.store.run)
+                await outer.start(self._callbacks.run)
+                task_status.started()
+                try:
+                    await self._serve()
+                finally:
+                    self._callbacks.close()
+                    self.store.close()
+        finally:
+            await self._close()
+            self._running = False
+        self._log_summary()
+
+    async def _open(self) -> None:
+        await self.store.open()
+        recovered = await self.store.recover(self.recover, self.clock.now())
+        if recovered:
+            logger.warning(
+                "store.recovered attempts=%d mode=%s (left in flight by a previous process)",
+                recovered,
+                self.recover,
+            )
+        known = await self.store.known_records()
+        for source in self._sources:
+            source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
+        await self.agent.open()
+        for source in self._sources:
+            await source.strategy.open()
+
+    async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for source in self._sources:
+                try:
+                    await source.strategy.aclose()
+                except Exception:
+                    logger.exception("strategy.close_failed strategy=%s", source.name)
+            try:
+                await self.agent.aclose()
+            except Exception:
+                logger.exception("agent.close_failed")
+            await self.store.aclose()
+
+    async def _serve(self) -> None:
+        assert self._stopping is not None
+        async with anyio.create_task_group() as calls:
+            async with anyio.create_task_group() as control:
+                for source in self._sources:
+                    control.start_soon(self._poll_loop, source)
+                control.start_soon(self._delayed_loop)
+                control.start_soon(self._dispatch_loop, calls)
+                await self._stopping.wait()
+                control.cancel_scope.cancel()
+            active = self.statistics().active
+            if active:
+                logger.info("hub.draining active=%d timeout=%.0fs", active, self.drain_timeout)
+            # Calls in flight finish on their own; past the drain timeout they are cancelled
+            # and recorded as interrupted.
+            calls.cancel_scope.deadline = anyio.current_time() + self.drain_timeout
+
+    # -- polling and intake ------------------------------------------------------------------
+
+    async def _poll_loop(self, source: _Source) -> None:
+        while True:
+            source.polling = True
+            try:
+                await self._intake(source, self._poll(source.strategy))
+            except Exception as exc:
+                logger.error(
+                    "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
+                )
+            finally:
+                source.polling = False
+                source.polls += 1
+            self._check_done()
+            await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
+
+    @staticmethod
+    async def _poll(strategy: Strategy) -> AsyncIterator[Record]:
+        result = strategy.poll()
+        if isinstance(result, AsyncIterator):
+            async for record in result:
+                yield record
+        else:
+            records: Iterable[Record] = await result
+            for record in records:
+                yield record
+
+    async def _intake(self, source: _Source, records: AsyncIterator[Record]) -> None:
+        skips: list[tuple[Record, Skip, int]] = []
+        handled = 0
+        async for record in records:
+            if source.queued(record.id):
+                continue
+            known = source.known.get(record.id)
+            if known is not None and known.state.terminal:
+                handled += 1
+                continue
+            decision = self.admission.check(record)
+            if isinstance(decision, Skip):
+                skips.append((record, decision, known.attempts if known else 0))
+                # Mark it now so a repeat of the same id in this poll is not skipped twice.
+                source.known[record.id] = KnownRecord(
+                    decision.state, known.attempts if known else 0
+                )
+            elif isinstance(decision, Defer):
+                self._delay(source, decision.record, decision.until)
+            else:
+                assert isinstance(decision, Admit)
+                source.pending[record.id] = decision.record
+                self._notify()
+        source.handled_in_last_poll = handled
+        if skips:
+            await self._record_skips(source, skips)
+
+    async def _record_skips(self, source: _Source, skips: list[tuple[Record, Skip, int]]) -> None:
+        now = self.clock.now()
+        async with anyio.create_task_group() as tg:  # concurrent writes share one commit
+            for record, skip, attempts_made in skips:
+                tg.start_soon(self._record_skip, source, record, skip, attempts_made, now)
+
+    async def _record_skip(
+        self, source: _Source, record: Record, skip: Skip, attempts_made: int, now: datetime
+    ) -> None:
+        logger.warning(
+            "record.skipped strategy=%s record=%s reason=%s detail=%s",
+            source.name,
+            record.id,
+            skip.reason,
+            skip.detail,
+        )
+        try:
+            await self.store.skipped(
+                strategy=source.name,
+                record_id=record.id,
+                phone=record.phone[:32],
+                state=skip.state,
+                reason=skip.reason,
+                attempts_made=attempts_made,
+                at=now,
+            )
+        except StoreError as exc:
+            # Not persisted: forget it so the next poll decides again.
+            source.known.pop(record.id, None)
+            logger.error("store.skip_failed record=%s error=%s", record.id, exc)
+            return
+        self._counters.skipped += 1
+        await self._callbacks.deliver(source.strategy, "on_skipped", record, skip.reason)
+
+    # -- waiting records (retries, not_before) -----------------------------------------------
+
+    def _delay(self, source: _Source, record: Record, until: float) -> None:
+        source.waiting.add(record.id)
+        if self._delayed and until < self._delayed[0][0] and self._delayed_scope is not None:
+            self._delayed_scope.cancel()  # the loop sleeps for a later deadline: re-arm it
+        heapq.heappush(self._delayed, (until, next(self._seq), source, record))
+        self._notify()
+
+    async def _delayed_loop(self) -> None:
+        while True:
+            while self._delayed and self._delayed[0][0] <= self.clock.monotonic():
+                _, _, source, record = heapq.heappop(self._delayed)
+                source.waiting.discard(record.id)
+                source.pending[record.id] = record
+                self._notify()
+            changed = self._change_event()
+            with anyio.CancelScope() as scope:
+                self._delayed_scope = scope
+                if self._delayed:
+                    await self.clock.sleep_until(self._delayed[0][0])
+                else:
+                    await changed.wait()
+            self._delayed_scope = None
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    async def _dispatch_loop(self, calls: TaskGroup) -> None:
+        slots = anyio.Semaphore(self.pacing.max_concurrent)
+        while True:
+            await slots.acquire()
+            source, record = await self._next_record()
+            try:
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+            except BaseException:
+                self._release(source, record)
+                source.pending[record.id] = record  # not dialed: back in the queue
+                slots.release()
+                raise
+            calls.start_soon(self._attempt, source, record, slots)
+
+    async def _next_record(self) -> tuple[_Source, Record]:
+        """Take the next dialable record, round-robin across strategies; a record whose phone is
+        in a call stays queued (deferred, never dropped) and the next one is tried."""
+        while True:
+            changed = self._change_event()
+            count = len(self._sources)
+            for offset in range(count):
+                source = self._sources[(self._rr + offset) % count]
+                for record_id, record in source.pending.items():
+                    if record.phone not in self._phones_busy:
+                        del source.pending[record_id]
+                        source.in_flight.add(record_id)
+                        self._phones_busy.add(record.phone)
+                        self._rr = (self._rr + offset + 1) % count
+                        return source, record
+            await changed.wait()
+
+    def _release(self, source: _Source, record: Record) -> None:
+        source.in_flight.discard(record.id)
+        self._phones_busy.discard(record.phone)
+        self._notify()
+
+    async def _attempt(self, source: _Source, record: Record, slots: anyio.Semaphore) -> None:
+        try:
+            await self._attempt_inner(source, record)
+        finally:
+            self._release(source, record)
+            slots.release()
+            self._check_done()
+
+    async def _attempt_inner(self, source: _Source, record: Record) -> None:
+        known = source.known.get(record.id)
+        number = (known.attempts if known else 0) + 1
+        attempt_id = uuid.uuid4().hex
+        try:
+            await self.store.intent(
+                attempt_id=attempt_id,
+                strategy=source.name,
+                record_id=record.id,
+                number=number,
+                phone=record.phone,
+                at=self.clock.now(),
+            )
+        except StoreError as exc:
+            # Never dial without a committed intent; try again after a poll interval.
+            logger.error("store.intent_failed record=%s error=%s", record.id, exc)
+            self._delay(source, record, self.clock.monotonic() + self.poll_interval)
+            return
+        source.known[record.id] = KnownRecord(RecordState.DIALING, number)
+        self._counters.dialed += 1
+        logger.info(
+            "dial.start strategy=%s record=%s phone=%s attempt=%d/%d",
+            source.name,
+            record.id,
+            record.phone,
+            number,
+            self.retry.max_dials,
+        )
+        outcome = await self._dial(source, record, attempt_id)
+        with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
+            await self._settle(source, record, attempt_id, number, outcome)
+
+    async def _dial(self, source: _Source, record: Record, attempt_id: str) -> _Outcome:
+        request = DialRequest(
+            to=record.phone,
+            dispatch_id=attempt_id,
+            from_=record.from_ or self.from_,
+            greeting=record.greeting,
+            metadata=record.metadata,
+            prompt_vars=record.prompt_vars,
+            config=record.config,
+        )
+        call: Call | None = None
+        try:
+            call = await self.agent.dial(request)
+            logger.info("call.started record=%s call_id=%s", record.id, call.id)
+            try:
+                await self.store.activated(attempt_id, call.id)
+            except StoreError as exc:
+                logger.error("store.activate_failed record=%s error=%s", record.id, exc)
+            await self._callbacks.deliver(source.strategy, "on_dispatched", record, call.id)
+            end = await call.wait()
+        except DialRejected as exc:
+            return _Outcome(AttemptState.REJECTED, exc.reason, _id(call))
+        except DialUnknown as exc:
+            return _Outcome(AttemptState.UNKNOWN, f"unknown: {exc.reason}", _id(call))
+        except anyio.get_cancelled_exc_class():
+            # Drain timeout or cancellation: the call may still be live on the platform.
+            with anyio.CancelScope(shield=True):
+                await self._settle(
+                    source,
+                    record,
+                    attempt_id,
+                    source.known[record.id].attempts,
+                    _Outcome(AttemptState.INTERRUPTED, "interrupted", _id(call)),
+                )
+            raise
+        except Exception as exc:
+            # An agent bug or a lost connection: the phone may have rung, so never retry.
+            logger.exception("agent.error record=%s", record.id)
+            return _Outcome(
+                AttemptState.UNKNOWN, f"unknown: {type(exc).__name__}: {exc}", _id(call)
+            )
+        return _Outcome(AttemptState.COMPLETED, end.reason, call.id, end.duration)
+
+    async def _settle(
+        self, source: _Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
+    ) -> None:
+        """Persist an attempt's outcome, decide the record's next state, fire callbacks."""
+        retry = outcome.state is AttemptState.REJECTED and number < self.retry.max_dials
+        record_state = {
+            AttemptState.COMPLETED: RecordState.COMPLETED,
+            AttemptState.REJECTED: RecordState.RETRY if retry else RecordState.FAILED,
+            AttemptState.UNKNOWN: RecordState.FAILED,
+            AttemptState.INTERRUPTED: RecordState.INTERRUPTED,
+        }[outcome.state]
+        try:
+            await self.store.finished(
+                attempt_id=attempt_id,
+                strategy=source.name,
+                record_id=record.id,
+                state=outcome.state,
+                record_state=record_state,
+                reason=outcome.reason,
+                call_id=outcome.call_id,
+                duration=outcome.duration,
+                at=self.clock.now(),
+            )
+        except StoreError as exc:
+            # The row stays `dialing`: the next start marks it interrupted, never re-dials it.
+            logger.error("store.outcome_failed record=%s error=%s", record.id, exc)
+        source.known[record.id] = KnownRecord(record_state, number)
+        self._log_outcome(record, number, outcome, record_state)
+        if record_state is RecordState.COMPLETED:
+            self._counters.completed += 1
+            assert outcome.call_id is not None
+            await self._callbacks.deliver(
+                source.strategy, "on_completed", record, outcome.call_id, outcome.reason
+            )
+        elif record_state in (RecordState.FAILED, RecordState.INTERRUPTED):
+            self._counters.failed += 1
+            await self._callbacks.deliver(source.strategy, "on_failed", record, outcome.reason)
+        elif retry:
+            self._delay(source, record, self.clock.monotonic() + self.retry.delay)
+
+    def _log_outcome(
+        self, record: Record, number: int, outcome: _Outcome, state: RecordState
+    ) -> None:
+        if outcome.state is AttemptState.COMPLETED:
+            duration = f"{outcome.duration:.1f}s" if outcome.duration is not None else "-"
+            logger.info(
+                "call.ended record=%s call_id=%s reason=%s duration=%s",
+                record.id,
+                outcome.call_id,
+                outcome.reason,
+                duration,
+            )
+        else:
+            logger.warning(
+                "dial.%s record=%s reason=%s attempt=%d/%d next=%s",
+                outcome.state.value,
+                record.id,
+                outcome.reason,
+                number,
+                self.retry.max_dials,
+                f"retry in {self.retry.delay:g}s" if state is RecordState.RETRY else state.value,
+            )
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _change_event(self) -> anyio.Event:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _check_done(self) -> None:
+        if not self.exit_when_done or self._stop_requested:
+            return
+        for source in self._sources:
+            if source.polls == 0 or source.polling or source.pending or source.in_flight:
+                return
+        if self._delayed:
+            return
+        logger.info("hub.done every polled record is in a terminal state")
+        self.stop()
+
+    def _log_summary(self) -> None:
+        s = self.statistics()
+        if s.dialed == 0 and s.skipped == 0:
+            logger.info("hub.stopped nobody dialed (%d records already handled)", s.already_handled)
+        else:
+            logger.info(
+                "hub.stopped dialed=%d completed=%d failed=%d skipped=%d already_handled=%d",
+                s.dialed,
+                s.completed,
+                s.failed,
+                s.skipped,
+                s.already_handled,
+            )
+
+
+def _id(call: Call | None) -> str | None:
+    return call.id if call is not None else None
+
+
+def _merge_pacing(
+    pacing: Pacing | None, max_calls_per_minute: int | None, max_concurrent: int | None
+) -> Pacing:
+    if pacing is not None:
+        if max_calls_per_minute is not None or max_concurrent is not None:
+            raise ValueError("pass pacing=Pacing(...) or the flat keywords, not both")
+        return pacing
+    return Pacing(max_calls_per_minute=max_calls_per_minute, max_concurrent=max_concurrent or 1)
+
+
+def _merge_retry(
+    retry: RetryPolicy | None, retry_attempts: int | None, retry_delay: float | None
+) -> RetryPolicy:
+    if retry is not None:
+        if retry_attempts is not None or retry_delay is not None:
+            raise ValueError("pass retry=RetryPolicy(...) or the flat keywords, not both")
+        return retry
+    defaults = RetryPolicy()
+    return RetryPolicy(
+        attempts=defaults.attempts if retry_attempts is None else retry_attempts,
+        delay=defaults.delay if retry_delay is None else retry_delay,
+    )

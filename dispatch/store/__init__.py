@@ -1,0 +1,7 @@
+"""The persistent ledger (SQLite by default, PostgreSQL for several instances)."""
+
+from __future__ import annotations
+
+from .store import KnownRecord, Store, StoreStatistics, async_url
+
+__all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url"]

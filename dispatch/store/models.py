@@ -1,0 +1,65 @@
+"""Table definitions. The schema itself is created only by the Alembic migrations in
+``migrations/``; a test keeps these models and the migrations in agreement."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+__all__ = ["attempts", "metadata", "records"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per record the hub has acted on: the dedup key and the record's state. A terminal
+# state here is final whatever the source later says.
+records = Table(
+    "records",
+    metadata,
+    Column("strategy", String(200), primary_key=True),
+    Column("record_id", String(500), primary_key=True),
+    Column("phone", String(32), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("reason", String(500)),
+    Column("call_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state"),
+)
+
+# One row per dial attempt: the intent is inserted (and committed) before agent.dial() is
+# called, the outcome updates it. (strategy, record_id, number) is unique so an attempt can
+# never be counted twice.
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("strategy", String(200), nullable=False),
+    Column("record_id", String(500), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("phone", String(32), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("call_id", String(200)),
+    Column("reason", String(500)),
+    Column("duration", Float),
+    Column("dialed_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    UniqueConstraint("strategy", "record_id", "number"),
+    Index(None, "phone"),
+    Index(None, "state"),
+)

@@ -1,0 +1,239 @@
+"""Test doubles shipped with the library, for your tests as much as ours.
+
+* :class:`ManualClock` replaces time: it moves only when a test calls
+  :meth:`ManualClock.advance`, so tests order events without sleeping.
+* :class:`ScriptedAgent` sits at the agent seam and does, per destination number, what the
+  test's script says; it records every dial and checks that no number is in two calls at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import itertools
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import anyio.lowlevel
+
+from .abc import Agent, Call, CallEnd, DialRequest
+from .errors import DialRejected, DialUnknown
+
+__all__ = ["ManualClock", "ScriptedAgent", "ScriptedCall", "Signal"]
+
+
+class Signal:
+    """Lets a test wait until a condition on some state becomes true, without polling:
+    the owner of the state calls :meth:`notify` after every change."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
+
+class ManualClock:
+    """A :class:`~dispatch.clock.Clock` that stands still until told to move."""
+
+    def __init__(self, start: float = 0.0, wall: datetime | None = None) -> None:
+        self._start = self._now = start
+        self._wall = wall or datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = itertools.count()
+        self._signal = Signal()
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def now(self) -> datetime:
+        return self._wall + timedelta(seconds=self._now - self._start)
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        entry = (deadline, next(self._seq), anyio.Event())
+        heapq.heappush(self._sleepers, entry)
+        self._notify()
+        try:
+            await entry[2].wait()
+        finally:
+            if entry in self._sleepers:  # cancelled before its time
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
+                self._notify()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.sleep_until(self._now + seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has come."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            heapq.heappop(self._sleepers)[2].set()
+        self._notify()
+
+    def advance_to_next(self) -> float:
+        """Jump to the earliest sleeper's deadline; return the new time."""
+        deadline = self.next_deadline
+        if deadline is None:
+            raise RuntimeError("nobody is sleeping on this clock")
+        self.advance(max(0.0, deadline - self._now))
+        return self._now
+
+    @property
+    def next_deadline(self) -> float | None:
+        return self._sleepers[0][0] if self._sleepers else None
+
+    @property
+    def sleepers(self) -> int:
+        return len(self._sleepers)
+
+    async def wait_for_sleepers(self, count: int = 1) -> None:
+        """Return once at least ``count`` tasks are sleeping on this clock."""
+        await self._signal.wait_until(lambda: len(self._sleepers) >= count)
+
+    def _notify(self) -> None:
+        self._signal.notify()
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now={self._now}, sleepers={len(self._sleepers)})"
+
+
+REJECTIONS = frozenset({"busy", "no_answer", "failed", "canceled"})
+
+
+class ScriptedCall(Call):
+    """A connected call of a :class:`ScriptedAgent`; it ends when the test (or ``auto_end``)
+    ends it."""
+
+    def __init__(self, call_id: str, request: DialRequest, agent: ScriptedAgent) -> None:
+        self.id = call_id
+        self.request = request
+        self._agent = agent
+        self._ended = anyio.Event()
+        self._end: CallEnd | BaseException = CallEnd("hangup", 0.0)
+
+    def end(self, reason: str = "hangup", duration: float = 1.0) -> None:
+        self._end = CallEnd(reason, duration)
+        self._ended.set()
+
+    def drop(self, error: BaseException) -> None:
+        """End the wait with ``error`` (e.g. ``DialUnknown("disconnected")``)."""
+        self._end = error
+        self._ended.set()
+
+    async def wait(self) -> CallEnd:
+        try:
+            await self._ended.wait()
+        finally:
+            self._agent._hang_up(self)
+        if isinstance(self._end, BaseException):
+            raise self._end
+        return self._end
+
+
+class ScriptedAgent(Agent):
+    """An agent whose every dial does what the script says for its destination number.
+
+    ``script`` maps a number to the outcomes of its successive dials; numbers not in it (and
+    dials past the end of their list) get ``default``. Outcomes: ``"answer"``, ``"busy"``,
+    ``"no_answer"``, ``"failed"``, ``"canceled"`` (rejections), ``"unknown"`` (raises
+    :class:`DialUnknown`) and ``"error"`` (raises ``RuntimeError``, an agent bug).
+
+    Answered calls end at once when ``auto_end`` is true, else when the test calls
+    :meth:`ScriptedCall.end` (find them in :attr:`live`). ``on_dial`` runs inside every dial,
+    before the outcome, and may be async: a test can inspect the store there.
+    """
+
+    def __init__(
+        self,
+        script: Mapping[str, Iterable[str]] | None = None,
+        *,
+        default: str = "answer",
+        auto_end: bool = True,
+        on_dial: Callable[[DialRequest], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self._script = {phone: deque(outcomes) for phone, outcomes in (script or {}).items()}
+        self.default = default
+        self.auto_end = auto_end
+        self.on_dial = on_dial
+        self.dials: list[DialRequest] = []
+        self.live: dict[str, ScriptedCall] = {}
+        self.busy_phones: Counter[str] = Counter()
+        self.max_active = 0
+        self.overlaps: list[str] = []  # numbers seen in two calls at once (must stay empty)
+        self.opened = self.closed = False
+        self._ids = itertools.count(1)
+        self._signal = Signal()
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    async def dial(self, request: DialRequest) -> Call:
+        if self.busy_phones[request.to]:
+            self.overlaps.append(request.to)
+        self.busy_phones[request.to] += 1
+        self.max_active = max(self.max_active, sum(self.busy_phones.values()))
+        self.dials.append(request)
+        self._signal.notify()
+        try:
+            if self.on_dial is not None:
+                result = self.on_dial(request)
+                if inspect.isawaitable(result):
+                    await result
+            queue = self._script.get(request.to)
+            outcome = queue.popleft() if queue else self.default
+            await anyio.lowlevel.checkpoint()
+            if outcome in REJECTIONS:
+                raise DialRejected(outcome)
+            if outcome == "unknown":
+                raise DialUnknown("no answer from the platform")
+            if outcome == "error":
+                raise RuntimeError("scripted agent failure")
+            if outcome != "answer":
+                raise ValueError(f"unknown scripted outcome {outcome!r}")
+        except BaseException:
+            self._release(request.to)
+            raise
+        call = ScriptedCall(f"call-{next(self._ids)}", request, self)
+        self.live[call.id] = call
+        self._signal.notify()
+        if self.auto_end:
+            call.end()
+        return call
+
+    def dials_to(self, phone: str) -> int:
+        return sum(1 for d in self.dials if d.to == phone)
+
+    async def wait_for_dials(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.dials) >= count)
+
+    async def wait_for_live(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.live) >= count)
+
+    def _hang_up(self, call: ScriptedCall) -> None:
+        if self.live.pop(call.id, None) is not None:
+            self._release(call.request.to)
+
+    def _release(self, phone: str) -> None:
+        self.busy_phones[phone] -= 1
+        if not self.busy_phones[phone]:
+            del self.busy_phones[phone]
+        self._signal.notify()

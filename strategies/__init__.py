@@ -1,0 +1,7 @@
+"""Built-in record sources. Each is importable alone: ``from strategies.csv import CsvStrategy``."""
+
+from __future__ import annotations
+
+from .csv import CsvStrategy, RowMapper
+
+__all__ = ["CsvStrategy", "RowMapper"]
