@@ -21,7 +21,7 @@ from .errors import (
 )
 from .hub import DispatchHub, HubStatistics
 from .options import Pacing, RecoverMode, RetryPolicy
-from .pacing import SlidingWindowLimiter
+from .pacing import LimiterStatistics, SlidingWindowLimiter
 from .record import Record, normalize_phone
 from .states import AttemptState, RecordState, SkipReason
 from .store import Store
@@ -46,6 +46,7 @@ __all__ = [
     "DispatchHub",
     "HubStatistics",
     "InvalidPhone",
+    "LimiterStatistics",
     "Pacing",
     "Record",
     "RecordState",

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .abc import Strategy
 from .record import Record
@@ -43,22 +44,36 @@ class _Delivery:
 class CallbackRunner:
     def __init__(self, *, timeout: float = 30.0, queue_size: int = 100_000) -> None:
         self.timeout = timeout
-        self._send, self._receive = anyio.create_memory_object_stream[_Delivery](queue_size)
+        self._queue_size = queue_size
+        self._send: MemoryObjectSendStream[_Delivery] | None = None
         self.delivered = 0
         self.failed = 0
 
     async def deliver(self, strategy: Strategy, callback: str, record: Record, *args: Any) -> None:
-        """Queue ``strategy.<callback>(record, *args)``."""
-        await self._send.send(_Delivery(strategy, callback, record, args))
+        """Queue ``strategy.<callback>(record, *args)``; never raises."""
+        if self._send is None:
+            raise RuntimeError("the callback runner is not running")
+        try:
+            await self._send.send(_Delivery(strategy, callback, record, args))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # Only when the hub itself is being torn down by cancellation.
+            logger.error(
+                "callback.dropped strategy=%s callback=%s record=%s (hub shutting down)",
+                strategy.name,
+                callback,
+                record.id,
+            )
 
     def close(self) -> None:
         """No more deliveries; :meth:`run` finishes what is queued and returns."""
-        self._send.close()
+        if self._send is not None:
+            self._send.close()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._send, receive = anyio.create_memory_object_stream[_Delivery](self._queue_size)
         task_status.started()
-        async with self._receive:
-            async for delivery in self._receive:
+        async with receive:
+            async for delivery in receive:
                 await self._run_one(delivery)
 
     async def _run_one(self, d: _Delivery) -> None:

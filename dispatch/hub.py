@@ -217,7 +217,7 @@ class DispatchHub:
         try:
             await self._open()
             async with anyio.create_task_group() as outer:
-                await outer.start(self.store.run)
+                await outer.start(self._run_store)
                 await outer.start(self._callbacks.run)
                 task_status.started()
                 try:
@@ -229,6 +229,12 @@ class DispatchHub:
             await self._close()
             self._running = False
         self._log_summary()
+
+    async def _run_store(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # Shielded: if the hub is cancelled, calls in flight still record their outcome
+        # (interrupted) before the writer stops; it stops when _serve closes the store.
+        with anyio.CancelScope(shield=True):
+            await self.store.run(task_status=task_status)
 
     async def _open(self) -> None:
         await self.store.open()

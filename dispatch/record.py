@@ -12,6 +12,15 @@ from .errors import InvalidPhone
 
 __all__ = ["Record", "normalize_phone"]
 
+_E = phonenumbers.NumberParseException
+_PARSE_ERRORS = {
+    _E.INVALID_COUNTRY_CODE: "no country code (start with + or configure default_region)",
+    _E.NOT_A_NUMBER: "not a phone number",
+    _E.TOO_SHORT_AFTER_IDD: "too short",
+    _E.TOO_SHORT_NSN: "too short",
+    _E.TOO_LONG: "too long",
+}
+
 
 class Record(BaseModel):
     """One person to call. Frozen; identity is ``(strategy name, id)``.
@@ -56,10 +65,8 @@ def normalize_phone(raw: str, region: str | None = None) -> str:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
-        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
-            hint = "no country code (start with + or configure default_region)"
-            raise InvalidPhone(text, hint) from exc
-        raise InvalidPhone(text, str(exc)) from exc
+        reason = _PARSE_ERRORS.get(exc.error_type, "unparseable")
+        raise InvalidPhone(text, reason) from exc
     if not phonenumbers.is_valid_number(number):
         raise InvalidPhone(text, "not a valid number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

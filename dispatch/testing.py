@@ -94,6 +94,17 @@ class ManualClock:
         self.advance(max(0.0, deadline - self._now))
         return self._now
 
+    async def autojump(self) -> None:
+        """Run forever, jumping time to the earliest deadline as soon as anybody sleeps.
+
+        Start it in a task group and cancel it when the work under test is done. Time jumps
+        without waiting for other (non-sleeping) tasks, so use it where only the order of
+        deadlines matters, such as a limiter under constant demand.
+        """
+        while True:
+            await self.wait_for_sleepers(1)
+            self.advance_to_next()
+
     @property
     def next_deadline(self) -> float | None:
         return self._sleepers[0][0] if self._sleepers else None
@@ -128,13 +139,16 @@ class ScriptedCall(Call):
         self._end: CallEnd | BaseException = CallEnd("hangup", 0.0)
 
     def end(self, reason: str = "hangup", duration: float = 1.0) -> None:
-        self._end = CallEnd(reason, duration)
-        self._ended.set()
+        self._finish(CallEnd(reason, duration))
 
     def drop(self, error: BaseException) -> None:
         """End the wait with ``error`` (e.g. ``DialUnknown("disconnected")``)."""
-        self._end = error
+        self._finish(error)
+
+    def _finish(self, end: CallEnd | BaseException) -> None:
+        self._end = end
         self._ended.set()
+        self._agent._hang_up(self)
 
     async def wait(self) -> CallEnd:
         try:

@@ -77,9 +77,10 @@ class Store:
         self.url = async_url(url)
         self._engine: AsyncEngine | None = None
         self._upsert_record = _UPSERT_RECORD[self.url.get_backend_name()]
-        self._send: MemoryObjectSendStream[_Write]
-        self._receive: MemoryObjectReceiveStream[_Write]
-        self._send, self._receive = anyio.create_memory_object_stream[_Write](queue_size)
+        self._queue_size = queue_size
+        # The write queue is created by open(): a Store built but never opened holds nothing.
+        self._send: MemoryObjectSendStream[_Write] | None = None
+        self._receive: MemoryObjectReceiveStream[_Write] | None = None
         self._commits = 0
         self._rows = 0
 
@@ -97,6 +98,7 @@ class Store:
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect, and upgrade the schema to the newest migration unless ``migrate`` is off."""
+        self._send, self._receive = anyio.create_memory_object_stream[_Write](self._queue_size)
         engine = create_async_engine(self.url)
         if self.url.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -114,7 +116,8 @@ class Store:
 
     def close(self) -> None:
         """Stop accepting writes; :meth:`run` commits what is queued and returns."""
-        self._send.close()
+        if self._send is not None:
+            self._send.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -124,16 +127,35 @@ class Store:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: commit queued writes in groups until :meth:`close` is called."""
+        receive = self._receive
+        if receive is None:
+            raise StoreError("open() the store before running its writer")
         task_status.started()
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
+        async with receive:
+            batch: list[_Write] = []
+            try:
+                async for first in receive:
+                    batch = [first]
+                    while True:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._commit(batch)
+                    batch = []
+            finally:
+                # Cancelled or closed: nobody may wait forever for a write that will never
+                # happen. What was queued or in progress is failed; the attempts concerned
+                # stay in flight in the store and are recovered as interrupted.
                 while True:
                     try:
-                        batch.append(self._receive.receive_nowait())
+                        batch.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self._commit(batch)
+                for write in batch:
+                    if not write.done.is_set():
+                        write.error = StoreError("the store writer stopped")
+                        write.done.set()
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._commits, writes=self._rows)
@@ -282,6 +304,8 @@ class Store:
 
     async def _write(self, statements: list[tuple[Executable, dict[str, Any]]]) -> None:
         write = _Write(statements)
+        if self._send is None:
+            raise StoreError("the store is not open")
         try:
             await self._send.send(write)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:

@@ -1,0 +1,128 @@
+"""The command line end to end: the real `dispatch` console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.acceptance
+
+DISPATCH = str(Path(sys.executable).with_name("dispatch"))
+FAST = {"DISPATCH_AGENT__TIME_SCALE": "0.001", "DISPATCH_RETRY__DELAY": "0.01"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, repo_root: Path) -> Path:
+    """A copy of the example setup, as a user would have it after cloning."""
+    shutil.copy(repo_root / "config.example.toml", tmp_path / "config.toml")
+    (tmp_path / "examples").mkdir()
+    shutil.copy(repo_root / "examples" / "leads.csv", tmp_path / "examples" / "leads.csv")
+    return tmp_path
+
+
+def dispatch(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DISPATCH, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_run_dials_the_example_campaign_then_a_second_run_dials_nobody(workdir: Path) -> None:
+    # Run from another directory: relative paths follow the configuration file.
+    first = dispatch(
+        "run", "-c", str(workdir / "config.toml"), "--exit-when-done", cwd=Path("/"), env=FAST
+    )
+    assert first.returncode == 0, first.stderr + first.stdout
+    db = workdir / "dispatch.db"
+    states = dict(query(db, "SELECT state, count(*) FROM records GROUP BY state"))
+    assert sum(states.values()) == 12
+    assert states["skipped"] == 1  # lead-009 has no valid number
+    assert set(states) <= {"completed", "failed", "skipped"}
+    assert query(
+        db, "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts GROUP BY record_id)"
+    ) == [(2,)]
+    assert query(db, "SELECT count(*) FROM attempts WHERE state IN ('dialing', 'active')") == [(0,)]
+    assert "dial.start strategy=leads record=lead-001" in first.stdout
+    assert "call.ended record=" in first.stdout
+    assert "record.skipped strategy=leads record=lead-009 reason=invalid_phone" in first.stdout
+    attempts = query(db, "SELECT count(*) FROM attempts")
+
+    second = dispatch("run", "-c", "config.toml", "--exit-when-done", cwd=workdir, env=FAST)
+    assert second.returncode == 0, second.stderr
+    assert query(db, "SELECT count(*) FROM attempts") == attempts
+    assert "nobody dialed (12 records already handled)" in second.stdout
+    assert "dial.start" not in second.stdout
+
+
+def test_an_invalid_configuration_exits_2_naming_the_key(workdir: Path) -> None:
+    config = workdir / "config.toml"
+    config.write_text(config.read_text().replace("max_concurrent = 3", "max_concurrent = -3"))
+    result = dispatch("run", "-c", str(config), cwd=workdir)
+    assert result.returncode == 2
+    assert "pacing.max_concurrent" in result.stderr
+    assert not (workdir / "dispatch.db").exists()
+
+
+def test_db_upgrade_creates_the_schema(workdir: Path) -> None:
+    result = dispatch("db", "upgrade", "-c", "config.toml", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert query(workdir / "dispatch.db", "SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
+    env = {
+        **os.environ,
+        "DISPATCH_AGENT__TIME_SCALE": "1",
+        "DISPATCH_AGENT__ANSWERED": "1",
+        "DISPATCH_AGENT__RING_SECONDS": "[0, 0]",
+        "DISPATCH_AGENT__TALK_SECONDS": "[600, 600]",
+        "DISPATCH_DRAIN_TIMEOUT": "0.5",
+    }
+    process = subprocess.Popen(
+        [DISPATCH, "run", "-c", "config.toml"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        started = 0
+        while started < 3:  # max_concurrent = 3 calls, all live for ten minutes
+            line = process.stdout.readline()
+            assert line, "".join(output)
+            assert time.monotonic() < deadline, "".join(output)
+            output.append(line)
+            started += "call.started" in line
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    output.append(rest)
+    assert process.returncode == 0, "".join(output)
+    db = workdir / "dispatch.db"
+    assert query(db, "SELECT state, count(*) FROM attempts GROUP BY state") == [("interrupted", 3)]
+    assert "daemon.signal SIGTERM" in "".join(output)

@@ -1,0 +1,144 @@
+"""The ledger against every backend (SQLite and PostgreSQL, for real)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from dispatch import AttemptState, RecordState, StoreError
+from dispatch.store import KnownRecord, Store
+from dispatch.store.models import metadata
+from dispatch.testing import ManualClock
+from tests.conftest import fetch
+
+pytestmark = pytest.mark.anyio
+
+NOW = ManualClock().now()
+
+
+@pytest.fixture
+async def store(any_store_url: str) -> AsyncIterator[Store]:
+    store = Store(any_store_url)
+    await store.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        yield store
+        store.close()
+    await store.aclose()
+
+
+async def intent(store: Store, attempt_id: str, record_id: str, number: int = 1) -> None:
+    await store.intent(
+        attempt_id=attempt_id,
+        strategy="s",
+        record_id=record_id,
+        number=number,
+        phone="+14155552671",
+        at=NOW,
+    )
+
+
+async def test_migrations_and_models_agree(store: Store) -> None:
+    def diff(conn: object) -> list[object]:
+        return compare_metadata(MigrationContext.configure(conn), metadata)  # type: ignore[arg-type]
+
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+
+
+async def test_upgrading_twice_is_harmless(store: Store) -> None:
+    await store.upgrade()
+    assert await fetch(_plain(store), "SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+def _plain(store: Store) -> str:
+    return store.url.render_as_string(hide_password=False)
+
+
+async def test_an_attempt_moves_from_intent_to_outcome(store: Store) -> None:
+    await intent(store, "a1", "r1")
+    assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.DIALING, 1)}
+    await store.activated("a1", "call-9")
+    await store.finished(
+        attempt_id="a1",
+        strategy="s",
+        record_id="r1",
+        state=AttemptState.COMPLETED,
+        record_state=RecordState.COMPLETED,
+        reason="hangup",
+        call_id="call-9",
+        duration=42.0,
+        at=NOW,
+    )
+    assert await fetch(_plain(store), "SELECT state, call_id, reason, duration FROM attempts") == [
+        ("completed", "call-9", "hangup", 42.0)
+    ]
+    assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.COMPLETED, 1)}
+
+
+async def test_concurrent_writes_are_committed_in_groups(store: Store) -> None:
+    async with anyio.create_task_group() as tg:
+        for n in range(200):
+            tg.start_soon(intent, store, f"a{n}", f"r{n}")
+    stats = store.statistics()
+    assert stats.writes == 200
+    assert stats.commits < 100  # many intents shared a transaction
+    assert await fetch(_plain(store), "SELECT count(*) FROM attempts") == [(200,)]
+
+
+async def test_an_attempt_number_cannot_be_used_twice_and_neighbours_still_commit(
+    store: Store,
+) -> None:
+    await intent(store, "a1", "r1", number=1)
+    results: dict[str, BaseException | None] = {}
+
+    async def attempt(attempt_id: str, record_id: str) -> None:
+        try:
+            await intent(store, attempt_id, record_id, number=1)
+            results[attempt_id] = None
+        except StoreError as exc:
+            results[attempt_id] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(attempt, "dup", "r1")
+        tg.start_soon(attempt, "ok", "r2")
+    assert isinstance(results["dup"], StoreError)
+    assert results["ok"] is None
+    assert sorted(await fetch(_plain(store), "SELECT id FROM attempts")) == [("a1",), ("ok",)]
+
+
+async def test_recovery_interrupts_attempts_left_in_flight(store: Store) -> None:
+    await intent(store, "a1", "r1")
+    await intent(store, "a2", "r2")
+    await store.activated("a2", "call-2")
+    assert await store.recover("interrupt", NOW) == 2
+    assert await store.recover("interrupt", NOW) == 0
+    assert sorted(await fetch(_plain(store), "SELECT id, state FROM attempts")) == [
+        ("a1", "interrupted"),
+        ("a2", "interrupted"),
+    ]
+    known = await store.known_records()
+    assert {k.state for k in known.values()} == {RecordState.INTERRUPTED}
+
+
+async def test_recovery_in_retry_mode_puts_records_back_with_the_attempt_counted(
+    store: Store,
+) -> None:
+    await intent(store, "a1", "r1")
+    await store.recover("retry", NOW)
+    assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.RETRY, 1)}
+
+
+def test_the_store_never_shows_a_password() -> None:
+    store = Store("postgresql://dispatch:s3cret@127.0.0.1/test")
+    assert "s3cret" not in repr(store)
+
+
+async def test_writing_to_a_store_that_is_not_open_fails_clearly(any_store_url: str) -> None:
+    store = Store(any_store_url)
+    with pytest.raises(StoreError, match="not open"):
+        await intent(store, "a1", "r1")

@@ -1,0 +1,61 @@
+"""Test helpers: a strategy over an in-memory list that records every callback it receives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dispatch import Record, Strategy
+from dispatch.testing import Signal
+
+
+class ListStrategy(Strategy):
+    """Yields ``records`` on every poll; records callbacks as ``(name, record id, *args)``."""
+
+    def __init__(self, records: Iterable[Record] = (), name: str = "list") -> None:
+        super().__init__(name)
+        self.records = list(records)
+        self.events: list[tuple[Any, ...]] = []
+        self.polls = 0
+        self.fail_polls = 0  # the next N polls raise
+        self.signal = Signal()
+
+    async def poll(self) -> list[Record]:
+        self.polls += 1
+        self.signal.notify()
+        if self.fail_polls:
+            self.fail_polls -= 1
+            raise ConnectionError("source unreachable")
+        return list(self.records)
+
+    def on_dispatched(self, record: Record, call_id: str) -> None:
+        self._event("dispatched", record, call_id)
+
+    async def on_completed(self, record: Record, call_id: str, reason: str) -> None:
+        self._event("completed", record, call_id, reason)
+
+    def on_failed(self, record: Record, error: str) -> None:
+        self._event("failed", record, error)
+
+    def on_skipped(self, record: Record, reason: str) -> None:
+        self._event("skipped", record, reason)
+
+    def _event(self, name: str, record: Record, *args: Any) -> None:
+        self.events.append((name, record.id, *args))
+        self.signal.notify()
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == name]
+
+    async def wait_for_polls(self, count: int) -> None:
+        await self.signal.wait_until(lambda: self.polls >= count)
+
+    async def wait_for_events(self, count: int) -> None:
+        await self.signal.wait_until(lambda: len(self.events) >= count)
+
+
+def rec(record_id: str, phone: str, **fields: Any) -> Record:
+    return Record(id=record_id, phone=phone, **fields)
+
+
+PHONES = [f"+1415555{2600 + n:04d}" for n in range(100)]

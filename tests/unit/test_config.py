@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatch import ConfigError, DispatchHub
+from dispatch.config import build_hub, load_settings, store_url
+
+MINIMAL = """
+[[strategies]]
+kind = "csv"
+path = "leads.csv"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_configuration_builds_a_hub(repo_root: Path) -> None:
+    settings = load_settings(repo_root / "config.example.toml")
+    hub = build_hub(settings, base=repo_root)
+    assert isinstance(hub, DispatchHub)
+    assert hub.pacing.max_concurrent == settings.pacing.max_concurrent
+    assert hub.from_ == "+14155550100"
+    assert str(hub.store.url).endswith(str(repo_root / "dispatch.db"))
+
+
+def test_an_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pacing]\nmax_concurent = 3\n" + MINIMAL)
+    with pytest.raises(ConfigError, match=r"pacing\.max_concurent: unknown key"):
+        load_settings(path)
+
+
+def test_a_bad_value_names_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pacing]\nmax_concurrent = 0\n" + MINIMAL)
+    with pytest.raises(ConfigError, match=r"pacing\.max_concurrent: Input should be greater"):
+        load_settings(path)
+
+
+def test_a_bad_strategy_key_names_its_position(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[strategies]]\nkind = "csv"\n')
+    with pytest.raises(ConfigError, match=r"strategies\[0\]\.path: Field required"):
+        load_settings(path)
+
+
+def test_invalid_toml_and_missing_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[pacing\n"))
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_the_environment_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCH_PACING__MAX_CONCURRENT", "7")
+    monkeypatch.setenv("DISPATCH_POLL_INTERVAL", "0.5")
+    settings = load_settings(write(tmp_path, "[pacing]\nmax_concurrent = 2\n" + MINIMAL))
+    assert settings.pacing.max_concurrent == 7
+    assert settings.poll_interval == 0.5
+
+
+def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert store_url(settings, tmp_path) == f"sqlite:///{tmp_path / 'dispatch.db'}"
+    hub = build_hub(settings, base=tmp_path)
+    [strategy] = hub._sources
+    assert strategy.strategy.path == tmp_path / "leads.csv"  # type: ignore[attr-defined]
+
+
+def test_a_python_strategy_is_loaded_by_import_path(tmp_path: Path) -> None:
+    text = '[[strategies]]\nkind = "python"\npath = "tests.support:ListStrategy"\nname = "crm"\n'
+    hub = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)
+    assert hub._sources[0].name == "crm"
+    broken = '[[strategies]]\nkind = "python"\npath = "tests.support:Missing"\n'
+    with pytest.raises(ConfigError, match=r"cannot import 'tests\.support:Missing'"):
+        build_hub(load_settings(write(tmp_path, broken)), base=tmp_path)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+import dispatch
+import strategies
+
+PUBLIC_MODULES = [
+    "dispatch.abc",
+    "dispatch.clock",
+    "dispatch.errors",
+    "dispatch.hub",
+    "dispatch.options",
+    "dispatch.pacing",
+    "dispatch.record",
+    "dispatch.states",
+]
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_every_public_name_of_the_engine_is_exported(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    missing = set(module.__all__) - set(dispatch.__all__)
+    # Type aliases for implementers stay in dispatch.abc; everything else is top level.
+    missing -= {"PollResult", "CallbackResult"}
+    assert not missing, f"{module_name} exports {sorted(missing)} but dispatch does not"
+
+
+def test_every_name_in_all_exists() -> None:
+    for package in (dispatch, strategies):
+        for name in package.__all__:
+            assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+def test_the_builtin_strategies_are_exported() -> None:
+    from strategies import csv
+
+    assert set(csv.__all__) <= set(strategies.__all__)
+
+
+def test_every_error_derives_from_dispatch_error() -> None:
+    for name in dispatch.errors.__all__:
+        error = getattr(dispatch.errors, name)
+        assert inspect.isclass(error)
+        assert issubclass(error, dispatch.DispatchError)
