@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/dispatch run -c $(CONFIG) --exit-when-done
 
 lint: $(STAMP)
-	$(BIN)/ruff check dispatch strategies migrations tests bench
-	$(BIN)/ruff format --check dispatch strategies migrations tests bench
+	$(BIN)/ruff check dispatch strategies migrations tests bench examples
+	$(BIN)/ruff format --check dispatch strategies migrations tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

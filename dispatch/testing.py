@@ -21,7 +21,19 @@ import anyio.lowlevel
 from .abc import Agent, Call, CallEnd, DialRequest
 from .errors import DialRejected, DialUnknown
 
-__all__ = ["ManualClock", "ScriptedAgent", "ScriptedCall", "Signal"]
+__all__ = ["ManualClock", "ScriptedAgent", "ScriptedCall", "Signal", "max_in_any_window"]
+
+
+def max_in_any_window(starts: Iterable[float], window: float) -> int:
+    """The most dial starts found in any half-open interval ``[t, t + window)``: what
+    ``max_calls_per_minute`` promises never exceeds the limit."""
+    ordered = sorted(starts)
+    best, j = 0, 0
+    for i, t in enumerate(ordered):
+        while j < len(ordered) and ordered[j] < t + window:
+            j += 1
+        best = max(best, j - i)
+    return best
 
 
 class Signal:
@@ -108,6 +120,11 @@ class ManualClock:
     @property
     def next_deadline(self) -> float | None:
         return self._sleepers[0][0] if self._sleepers else None
+
+    @property
+    def deadlines(self) -> list[float]:
+        """Every sleeper's deadline, earliest first."""
+        return sorted(entry[0] for entry in self._sleepers)
 
     @property
     def sleepers(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -126,3 +127,20 @@ def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
     db = workdir / "dispatch.db"
     assert query(db, "SELECT state, count(*) FROM attempts GROUP BY state") == [("interrupted", 3)]
     assert "daemon.signal SIGTERM" in "".join(output)
+
+
+def test_the_custom_strategy_example_runs(repo_root: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "examples" / "custom_strategy.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert re.fullmatch(r"crm-1 called \(hangup, sim-\d\)", lines[0])
+    assert re.fullmatch(r"crm-2 called \(hangup, sim-\d\)", lines[1])
+    assert lines[2] == "crm-3 skipped (invalid_phone)"

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from dispatch import DialRequest, DispatchHub, Pacing, RetryPolicy
+from dispatch import DialRequest, DispatchHub, Pacing, RetryPolicy, Store
 from dispatch.testing import ManualClock, ScriptedAgent
 from tests.conftest import fetch
 from tests.support import PHONES, ListStrategy, rec
@@ -34,6 +34,24 @@ def make_hub(
         clock=clock or ManualClock(),
         **options,
     )
+
+
+async def leave_attempt_in_flight(url: str, record_id: str, phone: str) -> None:
+    """What a kill -9 between intent and outcome leaves behind: an attempt still `dialing`."""
+    store = Store(url)
+    await store.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        await store.intent(
+            attempt_id="crashed",
+            strategy="list",
+            record_id=record_id,
+            number=1,
+            phone=phone,
+            at=ManualClock().now(),
+        )
+        store.close()
+    await store.aclose()
 
 
 async def run_to_completion(hub: DispatchHub) -> None:
@@ -164,7 +182,7 @@ async def test_rejected_dials_are_retried_up_to_the_limit_then_fail(sqlite_url: 
             for dials in (1, 2):
                 await agent.wait_for_dials(dials)
                 await clock.wait_for_sleepers(2)  # the poll loop and the retry timer
-                assert clock.next_deadline == clock.monotonic() + 5.0
+                assert clock.monotonic() + 30.0 in clock.deadlines
                 clock.advance(29.0)
                 assert len(agent.dials) == dials  # not before the retry delay
                 clock.advance(1.0)
@@ -335,7 +353,7 @@ async def test_the_rate_limit_holds_dials_until_the_window_moves(sqlite_url: str
             await agent.wait_for_dials(3)
             await clock.wait_for_sleepers(2)  # the poll loop and the limiter
             assert len(agent.dials) == 3
-            assert 60.0 in {clock.next_deadline, 5.0} or clock.next_deadline == 5.0
+            assert clock.deadlines == [5.0, 60.0]  # the next poll; the limiter, exactly
             clock.advance(59.999)
             assert len(agent.dials) == 3
             clock.advance(0.001)
@@ -370,22 +388,7 @@ async def test_expired_records_are_skipped_and_future_ones_wait(sqlite_url: str)
 async def test_attempts_left_in_flight_by_a_crash_are_interrupted_not_redialed(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    from dispatch.store import Store
-
-    store = Store(sqlite_url)
-    await store.open()
-    async with anyio.create_task_group() as tg:
-        await tg.start(store.run)
-        await store.intent(
-            attempt_id="crashed",
-            strategy="list",
-            record_id="r1",
-            number=1,
-            phone=A,
-            at=ManualClock().now(),
-        )
-        store.close()
-    await store.aclose()
+    await leave_attempt_in_flight(sqlite_url, "r1", A)
 
     agent = ScriptedAgent()
     await run_to_completion(
@@ -401,22 +404,7 @@ async def test_attempts_left_in_flight_by_a_crash_are_interrupted_not_redialed(
 
 
 async def test_recover_retry_redials_an_interrupted_attempt_counting_it(sqlite_url: str) -> None:
-    from dispatch.store import Store
-
-    store = Store(sqlite_url)
-    await store.open()
-    async with anyio.create_task_group() as tg:
-        await tg.start(store.run)
-        await store.intent(
-            attempt_id="crashed",
-            strategy="list",
-            record_id="r1",
-            number=1,
-            phone=A,
-            at=ManualClock().now(),
-        )
-        store.close()
-    await store.aclose()
+    await leave_attempt_in_flight(sqlite_url, "r1", A)
 
     agent = ScriptedAgent()
     hub = make_hub(
@@ -478,3 +466,24 @@ def test_options_come_as_objects_or_flat_keywords_but_not_both() -> None:
         )
     with pytest.raises(ValueError, match="unique"):
         DispatchHub(agent=ScriptedAgent(), strategies=[ListStrategy(), ListStrategy()])
+
+
+async def test_the_concurrency_cap_is_held_until_calls_end(sqlite_url: str) -> None:
+    agent = ScriptedAgent(auto_end=False, script={C: ["busy"]})
+    source = ListStrategy([rec("r1", A), rec("r2", B), rec("r3", C), rec("r4", PHONES[3])])
+    hub = make_hub(sqlite_url, agent, source, max_concurrent=2, exit_when_done=True)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_live(2)
+            assert len(agent.dials) == 2  # the cap, while both calls are up
+            agent.live["call-1"].end()
+            # The freed slot goes to r3, which is rejected at once: the slot comes back too.
+            await agent.wait_for_dials(4)
+            await agent.wait_for_live(2)
+            for call in list(agent.live.values()):
+                call.end()
+
+    assert agent.max_active == 2
+    assert [d.to for d in agent.dials] == [A, B, C, PHONES[3]]

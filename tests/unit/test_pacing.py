@@ -6,20 +6,9 @@ import anyio
 import pytest
 
 from dispatch.pacing import SlidingWindowLimiter
-from dispatch.testing import ManualClock
+from dispatch.testing import ManualClock, max_in_any_window
 
 pytestmark = pytest.mark.anyio
-
-
-def max_in_any_window(starts: list[float], window: float) -> int:
-    """The largest number of starts in any half-open interval [t, t + window)."""
-    starts = sorted(starts)
-    best, j = 0, 0
-    for i, t in enumerate(starts):
-        while j < len(starts) and starts[j] < t + window:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 async def test_never_exceeds_the_limit_in_any_window_under_random_demand() -> None:
