@@ -44,11 +44,27 @@ def _parser() -> argparse.ArgumentParser:
         help="exit once every record is in a terminal state (batch use)",
     )
 
+    status = commands.add_parser("status", help="counts per strategy and state, calls in flight")
+    _config_option(status)
+    _json_option(status)
+
+    history = commands.add_parser("history", help="every attempt for a phone or a record")
+    _config_option(history)
+    _json_option(history)
+    which = history.add_mutually_exclusive_group(required=True)
+    which.add_argument("--phone", help="a phone number (normalised like the records')")
+    which.add_argument("--record", help="a record id")
+    history.add_argument("--strategy", help="only this strategy's records")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply pending schema migrations")
     _config_option(upgrade)
     return parser
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -85,11 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "db":
             anyio.run(_upgrade, settings, base)
+        else:
+            from .report_cli import history, status
+
+            report = status if args.command == "status" else history
+            anyio.run(report, settings, base, args)
     except ConfigError as exc:
         print(f"dispatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DispatchError as exc:
-        logger.error("dispatch.failed %s", exc)
+        if args.command in ("status", "history"):
+            print(f"dispatch: {exc}", file=sys.stderr)
+        else:
+            logger.error("dispatch.failed %s", exc)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import reports
 from .store import KnownRecord, Store, StoreStatistics, async_url
 
-__all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url"]
+__all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url", "reports"]

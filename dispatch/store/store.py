@@ -121,6 +121,8 @@ class Store:
 
     async def aclose(self) -> None:
         self.close()
+        if self._receive is not None:
+            self._receive.close()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -144,3 +145,58 @@ def test_the_custom_strategy_example_runs(repo_root: Path, tmp_path: Path) -> No
     assert re.fullmatch(r"crm-1 called \(hangup, sim-\d\)", lines[0])
     assert re.fullmatch(r"crm-2 called \(hangup, sim-\d\)", lines[1])
     assert lines[2] == "crm-3 skipped (invalid_phone)"
+
+
+def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
+    missing = dispatch("status", "-c", "config.toml", cwd=workdir)
+    assert missing.returncode == 1
+    assert "no store at" in missing.stderr
+    assert not (workdir / "dispatch.db").exists()
+
+    assert (
+        dispatch("run", "-c", "config.toml", "--exit-when-done", cwd=workdir, env=FAST).returncode
+        == 0
+    )
+    db = workdir / "dispatch.db"
+
+    result = dispatch("status", "-c", "config.toml", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["strategies"]["leads"]["states"] == dict(
+        query(db, "SELECT state, count(*) FROM records GROUP BY state")
+    )
+    assert report["strategies"]["leads"]["skipped"] == {"invalid_phone": 1}
+    completed = dict(
+        query(db, "SELECT reason, count(*) FROM records WHERE state = 'completed' GROUP BY reason")
+    )
+    assert report["strategies"]["leads"]["completed"] == completed
+    assert report["in_flight"] == 0
+    assert report["dials_last_minute"] == query(db, "SELECT count(*) FROM attempts")[0][0]
+
+    table = dispatch("status", "-c", "config.toml", cwd=workdir)
+    assert table.stdout.splitlines()[0].split() == [
+        "strategy",
+        "completed",
+        "failed",
+        "skipped",
+        "expired",
+        "interrupted",
+        "dialing",
+        "retry",
+    ]
+
+    result = dispatch(
+        "history", "-c", "config.toml", "--phone", "(415) 555-2671", "--json", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    attempts = json.loads(result.stdout)
+    assert [a["record_id"] for a in attempts] == ["lead-001"] * len(attempts)
+    assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
+    assert attempts[-1]["dialed_at"].endswith("+00:00")
+
+    by_record = dispatch("history", "-c", "config.toml", "--record", "lead-001", cwd=workdir)
+    assert "lead-001" in by_record.stdout
+    assert (
+        dispatch("history", "-c", "config.toml", "--record", "nobody", cwd=workdir).stdout
+        == "no attempts\n"
+    )

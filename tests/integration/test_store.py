@@ -142,3 +142,44 @@ async def test_writing_to_a_store_that_is_not_open_fails_clearly(any_store_url: 
     store = Store(any_store_url)
     with pytest.raises(StoreError, match="not open"):
         await intent(store, "a1", "r1")
+
+
+async def test_status_and_history_read_the_ledger(store: Store) -> None:
+    from dispatch.store import reports
+
+    await intent(store, "a1", "r1")
+    await store.finished(
+        attempt_id="a1",
+        strategy="s",
+        record_id="r1",
+        state=AttemptState.REJECTED,
+        record_state=RecordState.RETRY,
+        reason="busy",
+        call_id=None,
+        duration=None,
+        at=NOW,
+    )
+    await intent(store, "a2", "r1", number=2)
+    await store.skipped(
+        strategy="s",
+        record_id="r2",
+        phone="12",
+        state=RecordState.SKIPPED,
+        reason="invalid_phone",
+        attempts_made=0,
+        at=NOW,
+    )
+
+    report = await reports.status(store.engine, NOW)
+    assert report.strategies["s"].states == {"dialing": 1, "skipped": 1}
+    assert report.strategies["s"].skipped == {"invalid_phone": 1}
+    assert report.in_flight == 1
+    assert report.dials_last_minute == 2
+
+    rows = await reports.history(store.engine, phone="+14155552671")
+    assert [(r.number, r.state, r.reason) for r in rows] == [
+        (1, "rejected", "busy"),
+        (2, "dialing", None),
+    ]
+    assert rows[0].dialed_at == NOW
+    assert await reports.history(store.engine, record_id="r1", strategy="other") == []

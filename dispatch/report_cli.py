@@ -1,0 +1,120 @@
+"""`dispatch status` and `dispatch history`: the ledger as tables, or JSON with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+from sqlalchemy.engine import make_url
+
+from .config import Settings, store_url
+from .errors import InvalidPhone, StoreError
+from .record import normalize_phone
+from .store import Store, reports
+
+__all__ = ["history", "status"]
+
+
+@asynccontextmanager
+async def _reading(settings: Settings, base: Path) -> AsyncIterator[Store]:
+    url = store_url(settings, base)
+    parsed = make_url(url)
+    # Opening a missing SQLite file would create an empty one: say what is wrong instead.
+    database = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database
+        and not await anyio.Path(database).exists()
+    ):
+        raise StoreError(f"no store at {database}: the daemon has not run yet")
+    store = Store(url)
+    await store.open(migrate=False)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def status(settings: Settings, base: Path, args: argparse.Namespace) -> None:
+    async with _reading(settings, base) as store:
+        report = await reports.status(store.engine, datetime.now(UTC))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    columns = ["completed", "failed", "skipped", "expired", "interrupted", "dialing", "retry"]
+    rows = [
+        [name, *(str(s.states.get(c, 0)) for c in columns)] for name, s in report.strategies.items()
+    ]
+    print(_table(["strategy", *columns], rows) if rows else "no records yet")
+    for name, s in report.strategies.items():
+        for label, counts in (
+            ("completed by reason", s.completed),
+            ("failed by error", s.failed),
+            ("skipped by reason", s.skipped),
+        ):
+            if counts:
+                listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                print(f"{name}: {label}: {listed}")
+    print(
+        f"calls in flight: {report.in_flight}; "
+        f"dial starts in the last minute: {report.dials_last_minute}"
+    )
+
+
+async def history(settings: Settings, base: Path, args: argparse.Namespace) -> None:
+    phone = args.phone
+    if phone is not None:
+        try:
+            phone = normalize_phone(phone, settings.default_region)
+        except InvalidPhone as exc:
+            raise StoreError(str(exc)) from None
+    async with _reading(settings, base) as store:
+        rows = await reports.history(
+            store.engine, phone=phone, record_id=args.record, strategy=args.strategy
+        )
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    if not rows:
+        print("no attempts")
+        return
+    headers = ["strategy", "record", "attempt", "phone", "state", "reason", "call id", "dialed at",
+               "ended at", "duration"]  # fmt: skip
+    print(
+        _table(
+            headers,
+            [
+                [
+                    r.strategy,
+                    r.record_id,
+                    str(r.number),
+                    r.phone,
+                    r.state,
+                    r.reason or "",
+                    r.call_id or "",
+                    _time(r.dialed_at),
+                    _time(r.ended_at),
+                    f"{r.duration:.1f}s" if r.duration is not None else "",
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""Read-only views of the ledger for `dispatch status` and `dispatch history`.
+
+Both only read committed rows, so they are safe to run while the daemon is writing (SQLite in
+WAL mode lets readers and the writer proceed together).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import StoreError
+from ..states import AttemptState, RecordState
+from .models import attempts, records
+
+__all__ = ["AttemptRow", "StatusReport", "StrategyStatus", "history", "status"]
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyStatus:
+    """Counts for one strategy: records by state, and by reason within each final state."""
+
+    states: dict[str, int] = field(default_factory=dict)
+    completed: dict[str, int] = field(default_factory=dict)  # by the platform's end reason
+    failed: dict[str, int] = field(default_factory=dict)  # by error
+    skipped: dict[str, int] = field(default_factory=dict)  # by skip reason (expired included)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    generated_at: datetime
+    strategies: dict[str, StrategyStatus]
+    in_flight: int  # attempts dialing or on a call
+    dials_last_minute: int  # dial starts in the 60 s before generated_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "in_flight": self.in_flight,
+            "dials_last_minute": self.dials_last_minute,
+            "strategies": {
+                name: {
+                    "states": s.states,
+                    "completed": s.completed,
+                    "failed": s.failed,
+                    "skipped": s.skipped,
+                }
+                for name, s in self.strategies.items()
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    strategy: str
+    record_id: str
+    number: int
+    phone: str
+    state: str
+    reason: str | None
+    call_id: str | None
+    duration: float | None
+    dialed_at: datetime
+    ended_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "record_id": self.record_id,
+            "attempt": self.number,
+            "phone": self.phone,
+            "state": self.state,
+            "reason": self.reason,
+            "call_id": self.call_id,
+            "duration": self.duration,
+            "dialed_at": self.dialed_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+        }
+
+
+_BY_REASON = {
+    RecordState.COMPLETED.value: "completed",
+    RecordState.FAILED.value: "failed",
+    RecordState.SKIPPED.value: "skipped",
+    RecordState.EXPIRED.value: "skipped",
+}
+
+
+async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
+    """Counts per strategy and state, calls in flight, and the dial rate of the last minute."""
+    by_state = select(records.c.strategy, records.c.state, records.c.reason, func.count()).group_by(
+        records.c.strategy, records.c.state, records.c.reason
+    )
+    in_flight = select(func.count()).where(
+        attempts.c.state.in_([AttemptState.DIALING.value, AttemptState.ACTIVE.value])
+    )
+    recent = select(func.count()).where(attempts.c.dialed_at > now - timedelta(minutes=1))
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(by_state)).all()
+            flying = (await conn.execute(in_flight)).scalar_one()
+            last_minute = (await conn.execute(recent)).scalar_one()
+    except SQLAlchemyError as exc:
+        raise StoreError(_unreadable(exc)) from exc
+    states: dict[str, Counter[str]] = defaultdict(Counter)
+    reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for strategy, state, reason, count in rows:
+        states[strategy][state] += count
+        if state in _BY_REASON:
+            reasons[strategy][_BY_REASON[state]][reason or state] += count
+    report = {
+        name: StrategyStatus(
+            states=dict(sorted(states[name].items())),
+            completed=dict(reasons[name]["completed"]),
+            failed=dict(reasons[name]["failed"]),
+            skipped=dict(reasons[name]["skipped"]),
+        )
+        for name in sorted(states)
+    }
+    return StatusReport(now, report, flying, last_minute)
+
+
+async def history(
+    engine: AsyncEngine,
+    *,
+    phone: str | None = None,
+    record_id: str | None = None,
+    strategy: str | None = None,
+) -> list[AttemptRow]:
+    """Every attempt for a phone (E.164) or a record id, oldest first."""
+    if phone is None and record_id is None:
+        raise ValueError("give a phone or a record id")
+    query = select(
+        attempts.c.strategy,
+        attempts.c.record_id,
+        attempts.c.number,
+        attempts.c.phone,
+        attempts.c.state,
+        attempts.c.reason,
+        attempts.c.call_id,
+        attempts.c.duration,
+        attempts.c.dialed_at,
+        attempts.c.ended_at,
+    ).order_by(attempts.c.dialed_at, attempts.c.number)
+    if phone is not None:
+        query = query.where(attempts.c.phone == phone)
+    if record_id is not None:
+        query = query.where(attempts.c.record_id == record_id)
+    if strategy is not None:
+        query = query.where(attempts.c.strategy == strategy)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(query)
+            return [AttemptRow(**_utc(dict(row._mapping))) for row in result]
+    except SQLAlchemyError as exc:
+        raise StoreError(_unreadable(exc)) from exc
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    # SQLite hands timestamps back without their zone; the store writes them in UTC.
+    for key in ("dialed_at", "ended_at"):
+        value = row[key]
+        if isinstance(value, datetime) and value.tzinfo is None:
+            row[key] = value.replace(tzinfo=UTC)
+    return row
+
+
+def _unreadable(exc: SQLAlchemyError) -> str:
+    return (
+        f"cannot read the store ({type(exc).__name__}); has the daemon or "
+        "`dispatch db upgrade` ever run against it?"
+    )
