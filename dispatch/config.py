@@ -136,7 +136,9 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    from_: str | None = Field(None, alias="from", description="Default caller id (E.164).")
+    # `from` in the file (parity with @pinecall/dispatch); no alias on the field itself, because
+    # pydantic-settings would then read an unprefixed env var named `from`. Env: DISPATCH_FROM_.
+    from_: str | None = Field(None, description="Default caller id (E.164).")
     default_region: str | None = Field(
         None, min_length=2, max_length=2, description="Region for numbers written without +."
     )
@@ -175,6 +177,10 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    if "from" in data:
+        if "from_" in data:
+            raise ConfigError(f"{path}: from: given twice (as from and from_)")
+        data["from_"] = data.pop("from")
     try:
         return Settings(**data)
     except ValidationError as exc:

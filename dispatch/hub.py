@@ -47,7 +47,7 @@ class HubStatistics:
     completed: int
     failed: int
     skipped: int
-    already_handled: int  # in the latest poll of each strategy
+    already_handled: int  # records in the latest polls that an earlier run had finished
 
 
 @dataclass(slots=True)
@@ -61,7 +61,8 @@ class _Source:
     waiting: set[str] = field(default_factory=set)
     polls: int = 0
     polling: bool = False
-    handled_in_last_poll: int = 0  # records the last poll returned that were already terminal
+    handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
+    terminal_at_start: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -248,6 +249,7 @@ class DispatchHub:
         known = await self.store.known_records()
         for source in self._sources:
             source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
+            source.terminal_at_start = {r for r, k in source.known.items() if k.state.terminal}
         await self.agent.open()
         for source in self._sources:
             await source.strategy.open()
@@ -318,7 +320,7 @@ class DispatchHub:
                 continue
             known = source.known.get(record.id)
             if known is not None and known.state.terminal:
-                handled += 1
+                handled += record.id in source.terminal_at_start
                 continue
             decision = self.admission.check(record)
             if isinstance(decision, Skip):

@@ -79,3 +79,13 @@ def test_a_python_strategy_is_loaded_by_import_path(tmp_path: Path) -> None:
     broken = '[[strategies]]\nkind = "python"\npath = "tests.support:Missing"\n'
     with pytest.raises(ConfigError, match=r"cannot import 'tests\.support:Missing'"):
         build_hub(load_settings(write(tmp_path, broken)), base=tmp_path)
+
+
+def test_the_default_caller_id_has_a_prefixed_env_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, 'from = "+14155550100"\n' + MINIMAL)
+    monkeypatch.setenv("from", "+19999999999")  # an unrelated variable must not leak in
+    assert load_settings(path).from_ == "+14155550100"
+    monkeypatch.setenv("DISPATCH_FROM_", "+14155550199")
+    assert load_settings(path).from_ == "+14155550199"

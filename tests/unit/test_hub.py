@@ -125,8 +125,10 @@ async def test_a_terminal_record_is_never_dialed_again_after_a_restart(any_store
     sqlite_url = any_store_url  # every backend
     records = [rec("r1", A), rec("r2", B), rec("r3", "garbage")]
     first = ScriptedAgent(script={B: ["busy"]})
-    await run_to_completion(make_hub(sqlite_url, first, ListStrategy(records), exit_when_done=True))
+    hub = make_hub(sqlite_url, first, ListStrategy(records), exit_when_done=True)
+    await run_to_completion(hub)
     assert len(first.dials) == 2
+    assert hub.statistics().already_handled == 0  # finished by this run, not an earlier one
 
     second = ScriptedAgent()
     again = ListStrategy(list(reversed(records)))
