@@ -21,6 +21,7 @@ from .errors import (
 )
 from .hub import DispatchHub, HubStatistics
 from .options import Pacing, RecoverMode, RetryPolicy
+from .outbox import Backoff
 from .pacing import LimiterStatistics, SlidingWindowLimiter
 from .record import Record, normalize_phone
 from .states import AttemptState, RecordState, SkipReason
@@ -34,6 +35,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 __all__ = [
     "Agent",
     "AttemptState",
+    "Backoff",
     "Call",
     "CallEnd",
     "Clock",

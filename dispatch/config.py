@@ -25,6 +25,7 @@ from .agents import SimulatedAgent
 from .errors import ConfigError
 from .hub import DispatchHub
 from .options import Pacing, RecoverMode, RetryPolicy
+from .outbox import Backoff
 
 __all__ = [
     "AgentConfig",
@@ -53,6 +54,12 @@ class PacingConfig(_Section):
 class RetryConfig(_Section):
     attempts: int = Field(0, ge=0, description="Extra dials after a rejected one.")
     delay: float = Field(60.0, ge=0, description="Seconds before a retry.")
+
+
+class CallbacksConfig(_Section):
+    timeout: float = Field(30.0, gt=0, description="Seconds a callback may run.")
+    retry_initial: float = Field(1.0, gt=0, description="First retry delay, doubled each time.")
+    retry_max: float = Field(300.0, gt=0, description="Longest retry delay.")
 
 
 class LoggingConfig(_Section):
@@ -145,10 +152,10 @@ class Settings(BaseSettings):
     poll_interval: float = Field(5.0, gt=0)
     drain_timeout: float = Field(30.0, ge=0)
     recover: RecoverMode = "interrupt"
-    callback_timeout: float = Field(30.0, gt=0)
     store: StoreConfig = StoreConfig()
     pacing: PacingConfig = PacingConfig()
     retry: RetryConfig = RetryConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
     logging: LoggingConfig = LoggingConfig()
     agent: AgentConfig = SimulatedAgentConfig()
     strategies: list[StrategyConfig] = Field(min_length=1)
@@ -231,7 +238,10 @@ def build_hub(
             drain_timeout=settings.drain_timeout,
             default_region=settings.default_region,
             recover=settings.recover,
-            callback_timeout=settings.callback_timeout,
+            callback_timeout=settings.callbacks.timeout,
+            callback_backoff=Backoff(
+                settings.callbacks.retry_initial, settings.callbacks.retry_max
+            ),
             exit_when_done=exit_when_done,
         )
     except ValueError as exc:

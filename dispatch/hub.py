@@ -22,14 +22,15 @@ from anyio.abc import TaskGroup
 
 from .abc import Agent, Call, DialRequest, Strategy
 from .admission import Admission, Admit, Defer, Skip
-from .callbacks import CallbackRunner
 from .clock import Clock, SystemClock
 from .errors import DialRejected, DialUnknown, DispatchError, StoreError
 from .options import Pacing, RecoverMode, RetryPolicy
+from .outbox import Backoff, Outbox
 from .pacing import SlidingWindowLimiter
 from .record import Record
 from .states import AttemptState, RecordState
 from .store import KnownRecord, Store
+from .store.outbox import Callback
 
 __all__ = ["DispatchHub", "HubStatistics"]
 
@@ -120,6 +121,7 @@ class DispatchHub:
         recover: RecoverMode = "interrupt",
         exit_when_done: bool = False,
         callback_timeout: float = 30.0,
+        callback_backoff: Backoff | None = None,
         clock: Clock | None = None,
     ) -> None:
         names = [s.name for s in strategies]
@@ -148,7 +150,13 @@ class DispatchHub:
             if self.pacing.max_calls_per_minute
             else None
         )
-        self._callbacks = CallbackRunner(timeout=callback_timeout)
+        self._outbox = Outbox(
+            self.store,
+            {s.name: s for s in strategies},
+            clock=self.clock,
+            timeout=callback_timeout,
+            backoff=callback_backoff,
+        )
         self._counters = _Counters()
         self._phones_busy: set[str] = set()
         self._delayed: list[tuple[float, int, _Source, Record]] = []
@@ -219,12 +227,16 @@ class DispatchHub:
             await self._open()
             async with anyio.create_task_group() as outer:
                 await outer.start(self._run_store)
-                await outer.start(self._callbacks.run)
-                task_status.started()
                 try:
-                    await self._serve()
+                    async with anyio.create_task_group() as delivery:
+                        await delivery.start(self._outbox.run)
+                        task_status.started()
+                        try:
+                            await self._serve()
+                        finally:
+                            # Calls are over: deliver what is due, then stop the worker.
+                            self._outbox.finish()
                 finally:
-                    self._callbacks.close()
                     self.store.close()
         finally:
             await self._close()
@@ -364,6 +376,7 @@ class DispatchHub:
                 reason=skip.reason,
                 attempts_made=attempts_made,
                 at=now,
+                callback=Callback(source.name, "on_skipped", record, (skip.reason.value,)),
             )
         except StoreError as exc:
             # Not persisted: forget it so the next poll decides again.
@@ -371,7 +384,7 @@ class DispatchHub:
             logger.error("store.skip_failed record=%s error=%s", record.id, exc)
             return
         self._counters.skipped += 1
-        await self._callbacks.deliver(source.strategy, "on_skipped", record, skip.reason)
+        self._outbox.wake()
 
     # -- waiting records (retries, not_before) -----------------------------------------------
 
@@ -492,10 +505,15 @@ class DispatchHub:
             call = await self.agent.dial(request)
             logger.info("call.started record=%s call_id=%s", record.id, call.id)
             try:
-                await self.store.activated(attempt_id, call.id)
+                await self.store.activated(
+                    attempt_id,
+                    call.id,
+                    at=self.clock.now(),
+                    callback=Callback(source.name, "on_dispatched", record, (call.id,)),
+                )
+                self._outbox.wake()
             except StoreError as exc:
                 logger.error("store.activate_failed record=%s error=%s", record.id, exc)
-            await self._callbacks.deliver(source.strategy, "on_dispatched", record, call.id)
             end = await call.wait()
         except DialRejected as exc:
             return _Outcome(AttemptState.REJECTED, exc.reason, _id(call))
@@ -523,7 +541,8 @@ class DispatchHub:
     async def _settle(
         self, source: _Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
     ) -> None:
-        """Persist an attempt's outcome, decide the record's next state, fire callbacks."""
+        """Persist an attempt's outcome with the record's next state and the callback that
+        reports it (committed together), then schedule a retry if one is due."""
         retry = outcome.state is AttemptState.REJECTED and number < self.retry.max_dials
         record_state = {
             AttemptState.COMPLETED: RecordState.COMPLETED,
@@ -531,6 +550,12 @@ class DispatchHub:
             AttemptState.UNKNOWN: RecordState.FAILED,
             AttemptState.INTERRUPTED: RecordState.INTERRUPTED,
         }[outcome.state]
+        callback = None
+        if record_state is RecordState.COMPLETED:
+            args = (outcome.call_id, outcome.reason)
+            callback = Callback(source.name, "on_completed", record, args)
+        elif record_state is not RecordState.RETRY:
+            callback = Callback(source.name, "on_failed", record, (outcome.reason,))
         try:
             await self.store.finished(
                 attempt_id=attempt_id,
@@ -542,7 +567,9 @@ class DispatchHub:
                 call_id=outcome.call_id,
                 duration=outcome.duration,
                 at=self.clock.now(),
+                callback=callback,
             )
+            self._outbox.wake()
         except StoreError as exc:
             # The row stays `dialing`: the next start marks it interrupted, never re-dials it.
             logger.error("store.outcome_failed record=%s error=%s", record.id, exc)
@@ -550,15 +577,10 @@ class DispatchHub:
         self._log_outcome(record, number, outcome, record_state)
         if record_state is RecordState.COMPLETED:
             self._counters.completed += 1
-            assert outcome.call_id is not None
-            await self._callbacks.deliver(
-                source.strategy, "on_completed", record, outcome.call_id, outcome.reason
-            )
-        elif record_state in (RecordState.FAILED, RecordState.INTERRUPTED):
-            self._counters.failed += 1
-            await self._callbacks.deliver(source.strategy, "on_failed", record, outcome.reason)
-        elif retry:
+        elif record_state is RecordState.RETRY:
             self._delay(source, record, self.clock.monotonic() + self.retry.delay)
+        else:
+            self._counters.failed += 1
 
     def _log_outcome(
         self, record: Record, number: int, outcome: _Outcome, state: RecordState

@@ -62,7 +62,8 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
                 print(f"{name}: {label}: {listed}")
     print(
         f"calls in flight: {report.in_flight}; "
-        f"dial starts in the last minute: {report.dials_last_minute}"
+        f"dial starts in the last minute: {report.dials_last_minute}; "
+        f"callbacks pending: {report.outbox_pending} ({report.outbox_failing} failing)"
     )
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-__all__ = ["migrations_dir", "upgrade_connection"]
+__all__ = ["head_revision", "migrations_dir", "upgrade_connection"]
 
 
 def migrations_dir() -> Path:
@@ -32,3 +33,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Upgrade the database behind a synchronous ``connection`` (use via ``run_sync``)."""
     command.upgrade(alembic_config(connection), revision)
+
+
+def head_revision() -> str:
+    """The newest schema revision this installation ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise FileNotFoundError("no migrations found")
+    return head

@@ -12,10 +12,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
-__all__ = ["attempts", "metadata", "records"]
+__all__ = ["attempts", "metadata", "outbox", "records"]
 
 metadata = MetaData(
     naming_convention={
@@ -62,4 +63,24 @@ attempts = Table(
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),
+)
+
+# Strategy callbacks waiting to be delivered. A row is inserted in the same transaction as the
+# outcome it reports, so an outcome is never committed without its callback; delivery is at
+# least once, in id order per record, retried with backoff until it succeeds.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("strategy", String(200), nullable=False),
+    Column("record_id", String(500), nullable=False),
+    Column("callback", String(40), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: {"record": {...}, "args": [...]}
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deliveries", Integer, nullable=False, default=0),  # failed tries so far
+    Column("next_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("last_error", String(500)),
+    Index(None, "delivered_at", "next_at"),
+    Index(None, "strategy", "record_id", "id"),
 )

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..errors import StoreError
 from ..states import AttemptState, RecordState
 from .models import attempts, records
+from .outbox import backlog
 
 __all__ = ["AttemptRow", "StatusReport", "StrategyStatus", "history", "status"]
 
@@ -38,12 +39,15 @@ class StatusReport:
     strategies: dict[str, StrategyStatus]
     in_flight: int  # attempts dialing or on a call
     dials_last_minute: int  # dial starts in the 60 s before generated_at
+    outbox_pending: int = 0  # callbacks not delivered yet
+    outbox_failing: int = 0  # of which failed at least once
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "generated_at": self.generated_at.isoformat(),
             "in_flight": self.in_flight,
             "dials_last_minute": self.dials_last_minute,
+            "outbox": {"pending": self.outbox_pending, "failing": self.outbox_failing},
             "strategies": {
                 name: {
                     "states": s.states,
@@ -106,6 +110,7 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             rows = (await conn.execute(by_state)).all()
             flying = (await conn.execute(in_flight)).scalar_one()
             last_minute = (await conn.execute(recent)).scalar_one()
+        pending, failing = await backlog(engine)
     except SQLAlchemyError as exc:
         raise StoreError(_unreadable(exc)) from exc
     states: dict[str, Counter[str]] = defaultdict(Counter)
@@ -123,7 +128,7 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
         )
         for name in sorted(states)
     }
-    return StatusReport(now, report, flying, last_minute)
+    return StatusReport(now, report, flying, last_minute, pending, failing)
 
 
 async def history(

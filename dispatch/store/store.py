@@ -26,7 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import StoreError
 from ..options import RecoverMode
+from ..record import Record
 from ..states import AttemptState, RecordState
+from . import outbox as ob
 from .migrate import upgrade_connection
 from .models import attempts, records
 
@@ -186,7 +188,7 @@ class Store:
         async with self.engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(attempts.c.strategy, attempts.c.record_id).where(
+                    select(attempts.c.strategy, attempts.c.record_id, attempts.c.phone).where(
                         attempts.c.state.in_(in_flight)
                     )
                 )
@@ -203,8 +205,19 @@ class Store:
                 .where(records.c.strategy == bindparam("b_strategy"))
                 .where(records.c.record_id == bindparam("b_record_id"))
                 .values(state=record_state.value, reason="interrupted", updated_at=now),
-                [{"b_strategy": s, "b_record_id": r} for s, r in rows],
+                [{"b_strategy": s, "b_record_id": r} for s, r, _ in rows],
             )
+            if mode == "interrupt":
+                # The record is final: report it. Only its id and phone survive a crash.
+                await conn.execute(
+                    ob.INSERT,
+                    [
+                        ob.Callback(s, "on_failed", Record(id=r, phone=p), ("interrupted",)).row(
+                            now
+                        )
+                        for s, r, p in rows
+                    ],
+                )
         return len(rows)
 
     # -- writes (each returns once committed) ------------------------------------------------
@@ -241,9 +254,14 @@ class Store:
             ]
         )
 
-    async def activated(self, attempt_id: str, call_id: str) -> None:
-        """Commit the platform's call id for an attempt."""
-        await self._write([(_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id})])
+    async def activated(
+        self, attempt_id: str, call_id: str, *, at: datetime, callback: ob.Callback | None = None
+    ) -> None:
+        """Commit the platform's call id for an attempt (and its ``on_dispatched``)."""
+        statements: list[tuple[Executable, dict[str, Any]]] = [
+            (_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id})
+        ]
+        await self._write(_with_callback(statements, callback, at))
 
     async def finished(
         self,
@@ -257,34 +275,35 @@ class Store:
         call_id: str | None,
         duration: float | None,
         at: datetime,
+        callback: ob.Callback | None = None,
     ) -> None:
-        """Commit an attempt's outcome and the record's resulting state together."""
-        await self._write(
-            [
-                (
-                    _FINISH_ATTEMPT,
-                    {
-                        "b_id": attempt_id,
-                        "b_state": state.value,
-                        "b_reason": reason,
-                        "b_call_id": call_id,
-                        "b_duration": duration,
-                        "b_at": at,
-                    },
-                ),
-                (
-                    _UPDATE_RECORD,
-                    {
-                        "b_strategy": strategy,
-                        "b_record_id": record_id,
-                        "b_state": record_state.value,
-                        "b_reason": reason,
-                        "b_call_id": call_id,
-                        "b_at": at,
-                    },
-                ),
-            ]
-        )
+        """Commit an attempt's outcome, the record's resulting state and the callback that
+        reports it, together."""
+        statements: list[tuple[Executable, dict[str, Any]]] = [
+            (
+                _FINISH_ATTEMPT,
+                {
+                    "b_id": attempt_id,
+                    "b_state": state.value,
+                    "b_reason": reason,
+                    "b_call_id": call_id,
+                    "b_duration": duration,
+                    "b_at": at,
+                },
+            ),
+            (
+                _UPDATE_RECORD,
+                {
+                    "b_strategy": strategy,
+                    "b_record_id": record_id,
+                    "b_state": record_state.value,
+                    "b_reason": reason,
+                    "b_call_id": call_id,
+                    "b_at": at,
+                },
+            ),
+        ]
+        await self._write(_with_callback(statements, callback, at))
 
     async def skipped(
         self,
@@ -296,11 +315,23 @@ class Store:
         reason: str,
         attempts_made: int,
         at: datetime,
+        callback: ob.Callback | None = None,
     ) -> None:
         """Commit that a record was refused by admission (terminal, never dialed again)."""
         row = _record_row(strategy, record_id, phone, state, attempts_made, at)
         row["reason"] = reason
-        await self._write([(self._upsert_record, row)])
+        await self._write(_with_callback([(self._upsert_record, row)], callback, at))
+
+    async def delivered(self, outbox_ids: list[int], at: datetime) -> None:
+        """Commit that these outbox rows' callbacks returned."""
+        await self._write([(ob.DELIVERED, {"b_id": i, "b_at": at}) for i in outbox_ids])
+
+    async def delivery_failed(
+        self, outbox_id: int, deliveries: int, next_at: datetime, error: str
+    ) -> None:
+        """Commit a failed delivery and when to try again."""
+        params = {"b_id": outbox_id, "b_deliveries": deliveries, "b_next_at": next_at}
+        await self._write([(ob.FAILED, {**params, "b_error": error[:500]})])
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -357,6 +388,14 @@ def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
             grouped.setdefault(id(statement), (statement, []))[1].append(params)
     for statement, rows in grouped.values():
         conn.execute(statement, rows)
+
+
+def _with_callback(
+    statements: list[tuple[Executable, dict[str, Any]]], callback: ob.Callback | None, at: datetime
+) -> list[tuple[Executable, dict[str, Any]]]:
+    if callback is not None:
+        statements.append((ob.INSERT, callback.row(at)))
+    return statements
 
 
 def _record_row(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.store.migrate import head_revision
+
 pytestmark = pytest.mark.acceptance
 
 DISPATCH = str(Path(sys.executable).with_name("dispatch"))
@@ -88,7 +90,9 @@ def test_an_invalid_configuration_exits_2_naming_the_key(workdir: Path) -> None:
 def test_db_upgrade_creates_the_schema(workdir: Path) -> None:
     result = dispatch("db", "upgrade", "-c", "config.toml", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert query(workdir / "dispatch.db", "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert query(workdir / "dispatch.db", "SELECT version_num FROM alembic_version") == [
+        (head_revision(),)
+    ]
 
 
 def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
@@ -171,6 +175,7 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
     )
     assert report["strategies"]["leads"]["completed"] == completed
     assert report["in_flight"] == 0
+    assert report["outbox"] == {"pending": 0, "failing": 0}  # delivered before the exit
     assert report["dials_last_minute"] == query(db, "SELECT count(*) FROM attempts")[0][0]
 
     table = dispatch("status", "-c", "config.toml", cwd=workdir)

@@ -46,8 +46,10 @@ ring_seconds = [1, 5]
 talk_seconds = [5, 30]
 time_scale = 0.01
 [[strategies]]
-kind = "csv"
-path = "leads.csv"
+kind = "python"
+path = "tests.crash_strategy:LoggedCsv"
+name = "leads"
+options = { path = "leads.csv", log = "callbacks.log" }
 """
 
 
@@ -63,11 +65,12 @@ def test_kill_9_at_random_moments_never_breaks_the_ledger(tmp_path: Path) -> Non
     (tmp_path / "config.toml").write_text(CONFIG)
     db = tmp_path / "dispatch.db"
     command = [DISPATCH, "run", "-c", "config.toml", "--exit-when-done"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     killed = 0
     for run in range(KILLS):
         with (tmp_path / f"run-{run}.log").open("wb") as log:
-            process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=log)
+            process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
             try:
                 process.wait(timeout=rng.uniform(0.3, 1.5))
             except subprocess.TimeoutExpired:
@@ -77,7 +80,7 @@ def test_kill_9_at_random_moments_never_breaks_the_ledger(tmp_path: Path) -> Non
             else:
                 break  # the campaign finished between two kills
     final = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert final.returncode == 0, f"seed {SEED}: {final.stderr}"
     context = f"seed {SEED}, {killed} kills"
@@ -113,8 +116,28 @@ def test_kill_9_at_random_moments_never_breaks_the_ledger(tmp_path: Path) -> Non
         for (_, end), (start, _) in itertools.pairwise(intervals):
             assert end <= start, f"{context}: {phone} was in two calls at once"
 
+    # Every terminal outcome had its callback delivered (at least once), and nothing is left
+    # in the outbox.
+    delivered: dict[str, set[tuple[str, str]]] = {}
+    for line in (tmp_path / "callbacks.log").read_text().splitlines():
+        name, record_id, *args = line.split(" ")
+        delivered.setdefault(record_id, set()).add((name, args[-1]))
+    for record_id, state, reason, call_id in query(
+        db,
+        "SELECT r.record_id, r.state, r.reason, r.call_id FROM records r",
+    ):
+        expected = {
+            "completed": ("on_completed", reason),
+            "failed": ("on_failed", reason),
+            "interrupted": ("on_failed", "interrupted"),
+        }[str(state)]
+        assert expected in delivered.get(str(record_id), set()), (context, record_id, state)
+        if state == "completed":
+            assert ("on_dispatched", call_id) in delivered[str(record_id)], (context, record_id)
+    assert query(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == [(0,)], context
+
     # Run again: nobody is dialed.
     attempts = query(db, "SELECT count(*) FROM attempts")
-    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
     assert query(db, "SELECT count(*) FROM attempts") == attempts
     assert killed >= min(KILLS, 3), f"{context}: the campaign ended too early to test crashes"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -11,6 +12,7 @@ from alembic.migration import MigrationContext
 
 from dispatch import AttemptState, RecordState, StoreError
 from dispatch.store import KnownRecord, Store
+from dispatch.store.migrate import head_revision
 from dispatch.store.models import metadata
 from dispatch.testing import ManualClock
 from tests.conftest import fetch
@@ -52,7 +54,48 @@ async def test_migrations_and_models_agree(store: Store) -> None:
 
 async def test_upgrading_twice_is_harmless(store: Store) -> None:
     await store.upgrade()
-    assert await fetch(_plain(store), "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert await fetch(_plain(store), "SELECT version_num FROM alembic_version") == [
+        (head_revision(),)
+    ]
+
+
+async def finish(
+    store: Store,
+    attempt_id: str,
+    record_id: str,
+    *,
+    state: AttemptState = AttemptState.COMPLETED,
+    record_state: RecordState = RecordState.COMPLETED,
+    reason: str = "hangup",
+    call_id: str | None = None,
+    duration: float | None = None,
+    callback: Any = None,
+) -> None:
+    await store.finished(
+        attempt_id=attempt_id,
+        strategy="s",
+        record_id=record_id,
+        state=state,
+        record_state=record_state,
+        reason=reason,
+        call_id=call_id,
+        duration=duration,
+        at=NOW,
+        callback=callback,
+    )
+
+
+async def skip_invalid(store: Store, record_id: str, callback: Any = None) -> None:
+    await store.skipped(
+        strategy="s",
+        record_id=record_id,
+        phone="12",
+        state=RecordState.SKIPPED,
+        reason="invalid_phone",
+        attempts_made=0,
+        at=NOW,
+        callback=callback,
+    )
 
 
 def _plain(store: Store) -> str:
@@ -62,18 +105,8 @@ def _plain(store: Store) -> str:
 async def test_an_attempt_moves_from_intent_to_outcome(store: Store) -> None:
     await intent(store, "a1", "r1")
     assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.DIALING, 1)}
-    await store.activated("a1", "call-9")
-    await store.finished(
-        attempt_id="a1",
-        strategy="s",
-        record_id="r1",
-        state=AttemptState.COMPLETED,
-        record_state=RecordState.COMPLETED,
-        reason="hangup",
-        call_id="call-9",
-        duration=42.0,
-        at=NOW,
-    )
+    await store.activated("a1", "call-9", at=NOW)
+    await finish(store, "a1", "r1", call_id="call-9", duration=42.0)
     assert await fetch(_plain(store), "SELECT state, call_id, reason, duration FROM attempts") == [
         ("completed", "call-9", "hangup", 42.0)
     ]
@@ -114,7 +147,7 @@ async def test_an_attempt_number_cannot_be_used_twice_and_neighbours_still_commi
 async def test_recovery_interrupts_attempts_left_in_flight(store: Store) -> None:
     await intent(store, "a1", "r1")
     await intent(store, "a2", "r2")
-    await store.activated("a2", "call-2")
+    await store.activated("a2", "call-2", at=NOW)
     assert await store.recover("interrupt", NOW) == 2
     assert await store.recover("interrupt", NOW) == 0
     assert sorted(await fetch(_plain(store), "SELECT id, state FROM attempts")) == [
@@ -148,27 +181,16 @@ async def test_status_and_history_read_the_ledger(store: Store) -> None:
     from dispatch.store import reports
 
     await intent(store, "a1", "r1")
-    await store.finished(
-        attempt_id="a1",
-        strategy="s",
-        record_id="r1",
+    await finish(
+        store,
+        "a1",
+        "r1",
         state=AttemptState.REJECTED,
         record_state=RecordState.RETRY,
         reason="busy",
-        call_id=None,
-        duration=None,
-        at=NOW,
     )
     await intent(store, "a2", "r1", number=2)
-    await store.skipped(
-        strategy="s",
-        record_id="r2",
-        phone="12",
-        state=RecordState.SKIPPED,
-        reason="invalid_phone",
-        attempts_made=0,
-        at=NOW,
-    )
+    await skip_invalid(store, "r2")
 
     report = await reports.status(store.engine, NOW)
     assert report.strategies["s"].states == {"dialing": 1, "skipped": 1}
@@ -183,3 +205,56 @@ async def test_status_and_history_read_the_ledger(store: Store) -> None:
     ]
     assert rows[0].dialed_at == NOW
     assert await reports.history(store.engine, record_id="r1", strategy="other") == []
+
+
+async def test_a_callback_is_committed_with_its_outcome_and_due_in_record_order(
+    store: Store,
+) -> None:
+    from datetime import timedelta
+
+    from dispatch import Record
+    from dispatch.store import outbox as ob
+
+    r1 = Record(id="r1", phone="+14155552671", metadata={"crm": 7})
+    await intent(store, "a1", "r1")
+    await store.activated(
+        "a1", "c1", at=NOW, callback=ob.Callback("s", "on_dispatched", r1, ("c1",))
+    )
+    completed = ob.Callback("s", "on_completed", r1, ("c1", "hangup"))
+    await finish(store, "a1", "r1", call_id="c1", duration=3.0, callback=completed)
+    r2 = Record(id="r2", phone="12")
+    await skip_invalid(store, "r2", ob.Callback("s", "on_skipped", r2, ("invalid_phone",)))
+
+    due = await ob.due(store.engine, NOW)
+    # r1's on_completed waits behind its on_dispatched; r2 is independent.
+    assert [(row.callback.record.id, row.callback.name) for row in due] == [
+        ("r1", "on_dispatched"),
+        ("r2", "on_skipped"),
+    ]
+    assert due[0].callback.record == r1  # the whole record survives the round trip
+    first = due[0].id
+
+    later = NOW + timedelta(seconds=30)
+    await store.delivery_failed(first, 1, later, "ConnectionError: down")
+    assert [row.callback.name for row in await ob.due(store.engine, NOW)] == ["on_skipped"]
+    assert await ob.next_due(store.engine) == NOW  # r2's row, still due
+    await store.delivered([due[1].id], NOW)
+    assert await ob.next_due(store.engine) == later
+    assert await ob.backlog(store.engine) == (2, 1)
+
+    await store.delivered([first], later)
+    assert [row.callback.name for row in await ob.due(store.engine, later)] == ["on_completed"]
+
+
+async def test_recovery_queues_on_failed_for_each_interrupted_record(store: Store) -> None:
+    from dispatch.store import outbox as ob
+
+    await intent(store, "a1", "r1")
+    await store.recover("interrupt", NOW)
+    [row] = await ob.due(store.engine, NOW)
+    assert (row.callback.name, row.callback.record.id, row.callback.args) == (
+        "on_failed",
+        "r1",
+        ("interrupted",),
+    )
+    assert row.callback.record.phone == "+14155552671"

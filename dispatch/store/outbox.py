@@ -1,0 +1,125 @@
+"""The outbox's rows: what a callback delivery needs, and the queries the delivery worker runs.
+
+Rows are written by :class:`~dispatch.store.Store` in the same transaction as the outcome they
+report; the worker in :mod:`dispatch.outbox` reads them with :func:`due`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
+
+from ..errors import StoreError
+from ..record import Record
+from .models import outbox
+
+__all__ = ["Callback", "OutboxRow", "backlog", "due", "next_due"]
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A callback to deliver: ``strategy.<name>(record, *args)``."""
+
+    strategy: str
+    name: str
+    record: Record
+    args: tuple[Any, ...] = ()
+
+    def row(self, at: datetime) -> dict[str, Any]:
+        payload = {"record": self.record.model_dump(mode="json", by_alias=True), "args": self.args}
+        return {
+            "strategy": self.strategy,
+            "record_id": self.record.id,
+            "callback": self.name,
+            "payload": json.dumps(payload),
+            "created_at": at,
+            "deliveries": 0,
+            "next_at": at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    deliveries: int
+    callback: Callback
+
+
+def _callback(row: Any) -> Callback:
+    payload = json.loads(row.payload)
+    record = Record.model_validate(payload["record"])
+    return Callback(row.strategy, row.callback, record, tuple(payload["args"]))
+
+
+def _heads() -> ColumnElement[bool]:
+    """Undelivered rows that no earlier undelivered row of the same record precedes: the
+    callbacks of one record are delivered in order."""
+    earlier = aliased(outbox)
+    blocked = (
+        select(earlier.c.id)
+        .where(
+            and_(
+                earlier.c.strategy == outbox.c.strategy,
+                earlier.c.record_id == outbox.c.record_id,
+                earlier.c.delivered_at.is_(None),
+                earlier.c.id < outbox.c.id,
+            )
+        )
+        .exists()
+    )
+    return and_(outbox.c.delivered_at.is_(None), ~blocked)
+
+
+async def due(engine: AsyncEngine, now: datetime, limit: int = 500) -> list[OutboxRow]:
+    """The rows to deliver now, oldest first: heads of their record whose time has come."""
+    query = (
+        select(outbox).where(_heads(), outbox.c.next_at <= now).order_by(outbox.c.id).limit(limit)
+    )
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the outbox: {type(exc).__name__}") from exc
+    return [OutboxRow(row.id, row.deliveries, _callback(row)) for row in rows]
+
+
+async def next_due(engine: AsyncEngine) -> datetime | None:
+    """When the next deliverable row is due, or None if every callback was delivered."""
+    query = select(func.min(outbox.c.next_at)).where(_heads())
+    async with engine.connect() as conn:
+        value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # SQLite returns UTC timestamps without their zone
+    return value
+
+
+async def backlog(engine: AsyncEngine) -> tuple[int, int]:
+    """(undelivered rows, of which failed at least once)."""
+    query = select(func.count(), func.count().filter(outbox.c.deliveries > 0)).where(
+        outbox.c.delivered_at.is_(None)
+    )
+    async with engine.connect() as conn:
+        pending, failing = (await conn.execute(query)).one()
+    return int(pending), int(failing)
+
+
+INSERT = outbox.insert()
+DELIVERED = (
+    update(outbox).where(outbox.c.id == bindparam("b_id")).values(delivered_at=bindparam("b_at"))
+)
+FAILED = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("b_id"))
+    .values(
+        deliveries=bindparam("b_deliveries"),
+        next_at=bindparam("b_next_at"),
+        last_error=bindparam("b_error"),
+    )
+)

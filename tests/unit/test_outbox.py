@@ -1,0 +1,179 @@
+"""Callbacks are delivered from the outbox: at least once, in order per record, retried with
+backoff, across restarts, and never in the way of dialing."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from dispatch import DispatchHub, Record
+from dispatch.outbox import Backoff
+from dispatch.testing import ManualClock, ScriptedAgent
+from tests.conftest import fetch
+from tests.support import PHONES, ListStrategy, rec
+
+pytestmark = pytest.mark.anyio
+
+A, B = PHONES[:2]
+BACKOFF = Backoff(initial=10.0, maximum=60.0)
+
+
+class Flaky(ListStrategy):
+    """on_completed raises for its first `failures` calls."""
+
+    def __init__(self, records: list[Record], failures: int) -> None:
+        super().__init__(records)
+        self.failures = failures
+        self.tries = 0
+
+    async def on_completed(self, record: Record, call_id: str, reason: str) -> None:
+        self.tries += 1
+        self.signal.notify()
+        if self.tries <= self.failures:
+            raise ConnectionError(f"CRM down (try {self.tries})")
+        await super().on_completed(record, call_id, reason)
+
+    async def wait_for_tries(self, count: int) -> None:
+        await self.signal.wait_until(lambda: self.tries >= count)
+
+
+def hub_for(url: str, source: ListStrategy, clock: ManualClock, **options: Any) -> DispatchHub:
+    return DispatchHub(
+        agent=ScriptedAgent(),
+        strategies=[source],
+        store=url,
+        clock=clock,
+        poll_interval=1000.0,
+        callback_backoff=BACKOFF,
+        **options,
+    )
+
+
+async def outbox_rows(url: str) -> list[tuple[Any, ...]]:
+    return await fetch(
+        url, "SELECT callback, deliveries, delivered_at IS NOT NULL FROM outbox ORDER BY id"
+    )
+
+
+async def retry_until_delivered(clock: ManualClock, source: Flaky, start: int) -> None:
+    """Advance through the backoff delays until the 4th try; check each is exactly on time."""
+    for tries in range(start, 4):
+        await source.wait_for_tries(tries)
+        await clock.wait_for_sleepers(2)  # the poll loop, and the outbox waiting for its retry
+        delay = BACKOFF.delay(tries)
+        assert clock.monotonic() + delay in clock.deadlines
+        clock.advance(delay - 0.5)
+        assert source.tries == tries  # not before its time
+        clock.advance(0.5)
+    await source.signal.wait_until(lambda: bool(source.named("completed")))
+
+
+async def test_a_callback_failing_three_times_is_delivered_on_the_fourth(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    source = Flaky([rec("r1", A)], failures=3)
+    hub = hub_for(sqlite_url, source, clock)
+
+    with caplog.at_level(logging.ERROR), anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await retry_until_delivered(clock, source, start=1)
+            hub.stop()
+
+    assert source.tries == 4
+    assert [e[0] for e in source.events] == ["dispatched", "completed"]
+    assert await outbox_rows(sqlite_url) == [("on_dispatched", 0, 1), ("on_completed", 3, 1)]
+    failures = [r.getMessage() for r in caplog.records if "callback.failed" in r.getMessage()]
+    assert len(failures) == 3
+    assert (
+        "record=r1 delivery=1 error=ConnectionError: CRM down (try 1) retry_in=10s" in failures[0]
+    )
+
+
+async def test_a_failing_callback_is_delivered_after_a_restart(sqlite_url: str) -> None:
+    clock = ManualClock()
+    source = Flaky([rec("r1", A)], failures=3)
+    with anyio.fail_after(10):
+        await hub_for(sqlite_url, source, clock, exit_when_done=True).run()
+    assert source.tries == 1  # failed once; the retry is due after the process stopped
+    assert await outbox_rows(sqlite_url) == [("on_dispatched", 0, 1), ("on_completed", 1, 0)]
+
+    later = ManualClock(wall=clock.now() + timedelta(seconds=BACKOFF.delay(1)))
+    restarted = Flaky([rec("r1", A)], failures=3)
+    restarted.tries = source.tries  # the CRM stays down for two more tries
+    hub = hub_for(sqlite_url, restarted, later)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await retry_until_delivered(later, restarted, start=2)
+            hub.stop()
+
+    assert restarted.tries == 4
+    assert restarted.named("completed") == [("completed", "r1", "call-1", "hangup")]
+    assert restarted.named("dispatched") == []  # delivered in the first run, not again
+    assert await outbox_rows(sqlite_url) == [("on_dispatched", 0, 1), ("on_completed", 3, 1)]
+
+
+async def test_a_failing_callback_holds_back_its_own_record_only(sqlite_url: str) -> None:
+    clock = ManualClock()
+
+    class DispatchFails(ListStrategy):
+        def on_dispatched(self, record: Record, call_id: str) -> None:
+            if record.id == "r1" and not self.named("dispatched-failed"):
+                self._event("dispatched-failed", record)
+                raise RuntimeError("not yet")
+            super().on_dispatched(record, call_id)
+
+    source = DispatchFails([rec("r1", A), rec("r2", B)])
+    hub = hub_for(sqlite_url, source, clock, max_concurrent=2)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.signal.wait_until(lambda: len(source.named("completed")) == 1)
+            assert [e[0] for e in source.events if e[1] == "r1"] == ["dispatched-failed"]
+            assert [e[0] for e in source.events if e[1] == "r2"] == ["dispatched", "completed"]
+            await clock.wait_for_sleepers(2)
+            clock.advance(BACKOFF.delay(1))
+            await source.wait_for_events(5)
+            hub.stop()
+
+    assert [e[0] for e in source.events if e[1] == "r1"] == [
+        "dispatched-failed",
+        "dispatched",
+        "completed",
+    ]
+
+
+async def test_a_slow_callback_never_delays_dialing(sqlite_url: str) -> None:
+    release = anyio.Event()
+
+    class Slow(ListStrategy):
+        async def on_dispatched(self, record: Record, call_id: str) -> None:  # type: ignore[override]
+            await release.wait()
+            super().on_dispatched(record, call_id)
+
+    agent = ScriptedAgent()
+    source = Slow([rec(f"r{n}", PHONES[n]) for n in range(5)])
+    hub = DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=sqlite_url,
+        clock=ManualClock(),
+        max_concurrent=2,
+        exit_when_done=True,
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(5)  # every dial happened with the first callback stuck
+            assert source.events == []
+            release.set()
+
+    assert len(source.named("dispatched")) == 5
+    assert len(source.named("completed")) == 5
