@@ -123,6 +123,10 @@ def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
             assert time.monotonic() < deadline, "".join(output)
             output.append(line)
             started += "call.started" in line
+        # The store can be read while the daemon writes to it.
+        live = json.loads(dispatch("status", "-c", "config.toml", "--json", cwd=workdir).stdout)
+        assert live["in_flight"] == 3
+        assert live["strategies"]["leads"]["states"]["dialing"] == 3
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)
     finally:

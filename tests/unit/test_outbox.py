@@ -177,3 +177,29 @@ async def test_a_slow_callback_never_delays_dialing(sqlite_url: str) -> None:
 
     assert len(source.named("dispatched")) == 5
     assert len(source.named("completed")) == 5
+
+
+async def test_a_callback_that_times_out_is_retried(sqlite_url: str) -> None:
+    clock = ManualClock()
+    hang = anyio.Event()  # never set: the first delivery hangs until its timeout
+
+    class Hangs(ListStrategy):
+        async def on_dispatched(self, record: Record, call_id: str) -> None:  # type: ignore[override]
+            self._event("try", record)
+            if len(self.named("try")) == 1:
+                await hang.wait()
+            super().on_dispatched(record, call_id)
+
+    source = Hangs([rec("r1", A)])
+    hub = hub_for(sqlite_url, source, clock, callback_timeout=0.05)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.signal.wait_until(lambda: len(source.named("try")) == 1)
+            await clock.wait_for_sleepers(2)  # the timeout passed; the retry is scheduled
+            clock.advance(BACKOFF.delay(1))
+            await source.signal.wait_until(lambda: bool(source.named("completed")))
+            hub.stop()
+
+    assert [e[0] for e in source.events] == ["try", "try", "dispatched", "completed"]
+    assert await outbox_rows(sqlite_url) == [("on_dispatched", 1, 1), ("on_completed", 0, 1)]
