@@ -60,7 +60,7 @@ class _Source:
     pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
     in_flight: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
-    polls: int = 0
+    polls: int = 0  # successful polls
     polling: bool = False
     handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
     terminal_at_start: set[str] = field(default_factory=set)
@@ -295,6 +295,9 @@ class DispatchHub:
             # Calls in flight finish on their own; past the drain timeout they are cancelled
             # and recorded as interrupted.
             calls.cancel_scope.deadline = anyio.current_time() + self.drain_timeout
+        with anyio.CancelScope(shield=True):
+            for source in self._sources:  # what is left undialed, for `dispatch status`
+                await self._record_queue(source)
 
     # -- polling and intake ------------------------------------------------------------------
 
@@ -307,11 +310,27 @@ class DispatchHub:
                 logger.error(
                     "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
                 )
+            else:
+                # Only a poll that read the whole source counts: after a failed one we do not
+                # know what is left, so --exit-when-done must not call the campaign done.
+                source.polls += 1
             finally:
                 source.polling = False
-                source.polls += 1
+            await self._record_queue(source)
             self._check_done()
             await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
+
+    async def _record_queue(self, source: _Source) -> None:
+        # For `dispatch status`: records queued in memory have no row in the store yet.
+        try:
+            await self.store.polled(
+                source.name,
+                pending=len(source.pending),
+                waiting=len(source.waiting),
+                at=self.clock.now(),
+            )
+        except StoreError as exc:
+            logger.warning("store.queue_snapshot_failed strategy=%s error=%s", source.name, exc)
 
     @staticmethod
     async def _poll(strategy: Strategy) -> AsyncIterator[Record]:

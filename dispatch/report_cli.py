@@ -48,9 +48,17 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
         return
     columns = ["completed", "failed", "skipped", "expired", "interrupted", "dialing", "retry"]
     rows = [
-        [name, *(str(s.states.get(c, 0)) for c in columns)] for name, s in report.strategies.items()
+        [
+            name,
+            str(s.pending),
+            str(s.waiting),
+            *(str(s.states.get(c, 0)) for c in columns),
+            _time(s.polled_at),
+        ]
+        for name, s in report.strategies.items()
     ]
-    print(_table(["strategy", *columns], rows) if rows else "no records yet")
+    headers = ["strategy", "pending", "waiting", *columns, "last poll"]
+    print(_table(headers, rows) if rows else "no records yet")
     for name, s in report.strategies.items():
         for label, counts in (
             ("completed by reason", s.completed),

@@ -16,7 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["attempts", "metadata", "outbox", "records"]
+__all__ = ["attempts", "metadata", "outbox", "records", "sources"]
 
 metadata = MetaData(
     naming_convention={
@@ -83,4 +83,16 @@ outbox = Table(
     Column("last_error", String(500)),
     Index(None, "delivered_at", "next_at"),
     Index(None, "strategy", "record_id", "id"),
+)
+
+# What the running hub last saw of each strategy: records queued in memory, which the store
+# does not otherwise know about (they have no row until their first attempt or skip).
+# Written after every poll; read by `dispatch status`.
+sources = Table(
+    "sources",
+    metadata,
+    Column("strategy", String(200), primary_key=True),
+    Column("pending", Integer, nullable=False),  # admitted, waiting for a slot or the limiter
+    Column("waiting", Integer, nullable=False),  # waiting for a retry delay or not_before
+    Column("polled_at", DateTime(timezone=True), nullable=False),
 )

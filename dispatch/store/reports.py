@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import StoreError
 from ..states import AttemptState, RecordState
-from .models import attempts, records
+from .models import attempts, records, sources
 from .outbox import backlog
 
 __all__ = ["AttemptRow", "StatusReport", "StrategyStatus", "history", "status"]
@@ -31,6 +31,9 @@ class StrategyStatus:
     completed: dict[str, int] = field(default_factory=dict)  # by the platform's end reason
     failed: dict[str, int] = field(default_factory=dict)  # by error
     skipped: dict[str, int] = field(default_factory=dict)  # by skip reason (expired included)
+    pending: int = 0  # queued in the hub's memory at its last poll (not yet in the store)
+    waiting: int = 0  # waiting for a retry delay or not_before, at the last poll
+    polled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class StatusReport:
                     "completed": s.completed,
                     "failed": s.failed,
                     "skipped": s.skipped,
+                    "pending": s.pending,
+                    "waiting": s.waiting,
+                    "polled_at": s.polled_at.isoformat() if s.polled_at else None,
                 }
                 for name, s in self.strategies.items()
             },
@@ -110,11 +116,13 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             rows = (await conn.execute(by_state)).all()
             flying = (await conn.execute(in_flight)).scalar_one()
             last_minute = (await conn.execute(recent)).scalar_one()
+            queues = {row.strategy: row for row in await conn.execute(select(sources))}
         pending, failing = await backlog(engine)
     except SQLAlchemyError as exc:
         raise StoreError(_unreadable(exc)) from exc
     states: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    states.update({name: Counter() for name in queues if name not in states})
     for strategy, state, reason, count in rows:
         states[strategy][state] += count
         if state in _BY_REASON:
@@ -125,6 +133,9 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             completed=dict(reasons[name]["completed"]),
             failed=dict(reasons[name]["failed"]),
             skipped=dict(reasons[name]["skipped"]),
+            pending=queues[name].pending if name in queues else 0,
+            waiting=queues[name].waiting if name in queues else 0,
+            polled_at=_aware(queues[name].polled_at) if name in queues else None,
         )
         for name in sorted(states)
     }
@@ -167,12 +178,15 @@ async def history(
         raise StoreError(_unreadable(exc)) from exc
 
 
-def _utc(row: dict[str, Any]) -> dict[str, Any]:
+def _aware(value: datetime) -> datetime:
     # SQLite hands timestamps back without their zone; the store writes them in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("dialed_at", "ended_at"):
-        value = row[key]
-        if isinstance(value, datetime) and value.tzinfo is None:
-            row[key] = value.replace(tzinfo=UTC)
+        if row[key] is not None:
+            row[key] = _aware(row[key])
     return row
 
 

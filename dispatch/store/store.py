@@ -30,7 +30,7 @@ from ..record import Record
 from ..states import AttemptState, RecordState
 from . import outbox as ob
 from .migrate import upgrade_connection
-from .models import attempts, records
+from .models import attempts, records, sources
 
 __all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url"]
 
@@ -79,6 +79,7 @@ class Store:
         self.url = async_url(url)
         self._engine: AsyncEngine | None = None
         self._upsert_record = _UPSERT_RECORD[self.url.get_backend_name()]
+        self._upsert_source = _UPSERT_SOURCE[self.url.get_backend_name()]
         self._queue_size = queue_size
         # The write queue is created by open(): a Store built but never opened holds nothing.
         self._send: MemoryObjectSendStream[_Write] | None = None
@@ -322,6 +323,11 @@ class Store:
         row["reason"] = reason
         await self._write(_with_callback([(self._upsert_record, row)], callback, at))
 
+    async def polled(self, strategy: str, *, pending: int, waiting: int, at: datetime) -> None:
+        """Commit what the hub holds in memory for a strategy after a poll."""
+        row = {"strategy": strategy, "pending": pending, "waiting": waiting, "polled_at": at}
+        await self._write([(self._upsert_source, row)])
+
     async def delivered(self, outbox_ids: list[int], at: datetime) -> None:
         """Commit that these outbox rows' callbacks returned."""
         await self._write([(ob.DELIVERED, {"b_id": i, "b_at": at}) for i in outbox_ids])
@@ -440,7 +446,17 @@ def _upsert(dialect: Any) -> Executable:
     return upsert
 
 
+def _upsert_sources(dialect: Any) -> Executable:
+    stmt = dialect.insert(sources)
+    upsert: Executable = stmt.on_conflict_do_update(
+        index_elements=[sources.c.strategy],
+        set_={c: stmt.excluded[c] for c in ("pending", "waiting", "polled_at")},
+    )
+    return upsert
+
+
 _INSERT_ATTEMPT = attempts.insert()
+_UPSERT_SOURCE = {"sqlite": _upsert_sources(sqlite), "postgresql": _upsert_sources(postgresql)}
 _UPSERT_RECORD = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
 _UPDATE_ATTEMPT_CALL = (
     update(attempts)

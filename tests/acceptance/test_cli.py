@@ -180,11 +180,17 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
     assert report["strategies"]["leads"]["completed"] == completed
     assert report["in_flight"] == 0
     assert report["outbox"] == {"pending": 0, "failing": 0}  # delivered before the exit
+    assert (report["strategies"]["leads"]["pending"], report["strategies"]["leads"]["waiting"]) == (
+        0,
+        0,
+    )
     assert report["dials_last_minute"] == query(db, "SELECT count(*) FROM attempts")[0][0]
 
     table = dispatch("status", "-c", "config.toml", cwd=workdir)
     assert table.stdout.splitlines()[0].split() == [
         "strategy",
+        "pending",
+        "waiting",
         "completed",
         "failed",
         "skipped",
@@ -192,6 +198,8 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
         "interrupted",
         "dialing",
         "retry",
+        "last",
+        "poll",
     ]
 
     result = dispatch(

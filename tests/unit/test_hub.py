@@ -110,9 +110,11 @@ async def test_records_are_deduplicated_by_id_across_polls(sqlite_url: str) -> N
             tg.start_soon(hub.run)
             await source.wait_for_events(4)  # dispatched + completed, twice
             for polls in (2, 3, 4):
+                await clock.wait_for_sleepers(1)  # the poll loop, waiting for its next poll
                 clock.advance(5.0)
                 await source.wait_for_polls(polls)
             source.records.append(rec("r1", C))  # the same id again, another phone
+            await clock.wait_for_sleepers(1)
             clock.advance(5.0)
             await source.wait_for_polls(5)
             hub.stop()
@@ -489,3 +491,29 @@ async def test_the_concurrency_cap_is_held_until_calls_end(sqlite_url: str) -> N
 
     assert agent.max_active == 2
     assert [d.to for d in agent.dials] == [A, B, C, PHONES[3]]
+
+
+async def test_status_shows_the_records_queued_in_memory(sqlite_url: str) -> None:
+    from dispatch.store import reports
+
+    clock = ManualClock()
+    agent = ScriptedAgent(auto_end=False, script={B: ["busy"]})
+    source = ListStrategy([rec("r1", A), rec("r2", B), rec("r3", C), rec("r4", PHONES[3])])
+    hub = make_hub(sqlite_url, agent, source, clock=clock, max_concurrent=2, retry_attempts=1)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_live(2)  # r1 and r3 live; r2 rejected and waiting to retry
+            clock.advance(5.0)
+            await source.wait_for_polls(2)
+            await clock.wait_for_sleepers(2)  # the second poll, its snapshot written
+            report = await reports.status(hub.store.engine, clock.now())
+            hub.stop()
+            for call in list(agent.live.values()):
+                call.end()
+
+    leads = report.strategies["list"]
+    assert (leads.pending, leads.waiting) == (1, 1)  # r4 queued; r2 waiting for its retry
+    assert leads.states == {"dialing": 2, "retry": 1}
+    assert leads.polled_at == clock.now()
