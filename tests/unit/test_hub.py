@@ -505,6 +505,7 @@ async def test_status_shows_the_records_queued_in_memory(sqlite_url: str) -> Non
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await agent.wait_for_live(2)  # r1 and r3 live; r2 rejected and waiting to retry
+            await clock.wait_for_sleepers(2)  # the poll loop and r2's retry timer
             clock.advance(5.0)
             await source.wait_for_polls(2)
             await clock.wait_for_sleepers(2)  # the second poll, its snapshot written

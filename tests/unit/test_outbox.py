@@ -135,7 +135,9 @@ async def test_a_failing_callback_holds_back_its_own_record_only(sqlite_url: str
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
-            await source.signal.wait_until(lambda: len(source.named("completed")) == 1)
+            await source.signal.wait_until(
+                lambda: bool(source.named("dispatched-failed")) and bool(source.named("completed"))
+            )
             assert [e[0] for e in source.events if e[1] == "r1"] == ["dispatched-failed"]
             assert [e[0] for e in source.events if e[1] == "r2"] == ["dispatched", "completed"]
             await clock.wait_for_sleepers(2)
