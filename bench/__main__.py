@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-for module in ("bench.limiter", "bench.hub_throughput"):
+MODULES = [
+    "bench.limiter",
+    "bench.hub_throughput",
+    "bench.csv_read",
+    "bench.memory",
+    "bench.startup",
+]
+
+for module in MODULES:
     subprocess.run([sys.executable, "-m", module], check=True)
+# The same dispatch throughput on PostgreSQL, when one is configured.
+if os.environ.get("DISPATCH_BENCH_POSTGRES"):
+    store = os.environ["DISPATCH_BENCH_POSTGRES"]
+    subprocess.run([sys.executable, "-m", "bench.hub_throughput", "--store", store], check=True)

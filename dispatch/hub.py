@@ -265,6 +265,12 @@ class DispatchHub:
         await self.agent.open()
         for source in self._sources:
             await source.strategy.open()
+        logger.info(
+            "hub.ready strategies=%s store=%s known_records=%d",
+            ",".join(s.name for s in self._sources),
+            self.store,
+            len(known),
+        )
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
