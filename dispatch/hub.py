@@ -7,12 +7,10 @@ It orchestrates; the rules live elsewhere: admission in :mod:`dispatch.admission
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -27,6 +25,7 @@ from .errors import DialRejected, DialUnknown, DispatchError, StoreError
 from .options import Pacing, RecoverMode, RetryPolicy
 from .outbox import Backoff, Outbox
 from .pacing import SlidingWindowLimiter
+from .queue import DispatchQueue, Source
 from .record import Record
 from .states import AttemptState, RecordState
 from .store import KnownRecord, Store
@@ -49,28 +48,6 @@ class HubStatistics:
     failed: int
     skipped: int
     already_handled: int  # records in the latest polls that an earlier run had finished
-
-
-@dataclass(slots=True)
-class _Source:
-    """Per-strategy state: what is queued, in flight, and already known to the store."""
-
-    strategy: Strategy
-    known: dict[str, KnownRecord] = field(default_factory=dict)
-    pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
-    in_flight: set[str] = field(default_factory=set)
-    waiting: set[str] = field(default_factory=set)
-    polls: int = 0  # successful polls
-    polling: bool = False
-    handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
-    terminal_at_start: set[str] = field(default_factory=set)
-
-    @property
-    def name(self) -> str:
-        return self.strategy.name
-
-    def queued(self, record_id: str) -> bool:
-        return record_id in self.pending or record_id in self.in_flight or record_id in self.waiting
 
 
 @dataclass(slots=True)
@@ -142,7 +119,8 @@ class DispatchHub:
         self.clock = clock or SystemClock()
         self.store = store if isinstance(store, Store) else Store(store)
         self.admission = Admission(default_region=default_region, clock=self.clock)
-        self._sources = [_Source(s) for s in strategies]
+        self._sources = [Source(s) for s in strategies]
+        self._queue = DispatchQueue(self._sources, self.clock)
         self._limiter = (
             SlidingWindowLimiter(
                 self.pacing.max_calls_per_minute, self.pacing.window, clock=self.clock
@@ -158,12 +136,6 @@ class DispatchHub:
             backoff=callback_backoff,
         )
         self._counters = _Counters()
-        self._phones_busy: set[str] = set()
-        self._delayed: list[tuple[float, int, _Source, Record]] = []
-        self._seq = itertools.count()
-        self._rr = 0  # round-robin position across sources
-        self._changed: anyio.Event | None = None
-        self._delayed_scope: anyio.CancelScope | None = None
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
         self._running = False
@@ -177,14 +149,14 @@ class DispatchHub:
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
-        self._notify()
+        self._queue.notify()
 
     def statistics(self) -> HubStatistics:
         c = self._counters
         return HubStatistics(
-            pending=sum(len(s.pending) for s in self._sources),
-            waiting=len(self._delayed),
-            active=sum(len(s.in_flight) for s in self._sources),
+            pending=self._queue.pending,
+            waiting=self._queue.waiting,
+            active=self._queue.in_flight,
             dialed=c.dialed,
             completed=c.completed,
             failed=c.failed,
@@ -291,7 +263,7 @@ class DispatchHub:
             async with anyio.create_task_group() as control:
                 for source in self._sources:
                     control.start_soon(self._poll_loop, source)
-                control.start_soon(self._delayed_loop)
+                control.start_soon(self._queue.run_timers)
                 control.start_soon(self._dispatch_loop, calls)
                 await self._stopping.wait()
                 control.cancel_scope.cancel()
@@ -307,7 +279,7 @@ class DispatchHub:
 
     # -- polling and intake ------------------------------------------------------------------
 
-    async def _poll_loop(self, source: _Source) -> None:
+    async def _poll_loop(self, source: Source) -> None:
         while True:
             source.polling = True
             try:
@@ -326,7 +298,7 @@ class DispatchHub:
             self._check_done()
             await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
 
-    async def _record_queue(self, source: _Source) -> None:
+    async def _record_queue(self, source: Source) -> None:
         # For `dispatch status`: records queued in memory have no row in the store yet.
         try:
             await self.store.polled(
@@ -349,7 +321,7 @@ class DispatchHub:
             for record in records:
                 yield record
 
-    async def _intake(self, source: _Source, records: AsyncIterator[Record]) -> None:
+    async def _intake(self, source: Source, records: AsyncIterator[Record]) -> None:
         skips: list[tuple[Record, Skip, int]] = []
         handled = 0
         async for record in records:
@@ -367,23 +339,22 @@ class DispatchHub:
                     decision.state, known.attempts if known else 0
                 )
             elif isinstance(decision, Defer):
-                self._delay(source, decision.record, decision.until)
+                self._queue.delay(source, decision.record, decision.until)
             else:
                 assert isinstance(decision, Admit)
-                source.pending[record.id] = decision.record
-                self._notify()
+                self._queue.admit(source, decision.record)
         source.handled_in_last_poll = handled
         if skips:
             await self._record_skips(source, skips)
 
-    async def _record_skips(self, source: _Source, skips: list[tuple[Record, Skip, int]]) -> None:
+    async def _record_skips(self, source: Source, skips: list[tuple[Record, Skip, int]]) -> None:
         now = self.clock.now()
         async with anyio.create_task_group() as tg:  # concurrent writes share one commit
             for record, skip, attempts_made in skips:
                 tg.start_soon(self._record_skip, source, record, skip, attempts_made, now)
 
     async def _record_skip(
-        self, source: _Source, record: Record, skip: Skip, attempts_made: int, now: datetime
+        self, source: Source, record: Record, skip: Skip, attempts_made: int, now: datetime
     ) -> None:
         logger.warning(
             "record.skipped strategy=%s record=%s reason=%s detail=%s",
@@ -411,79 +382,31 @@ class DispatchHub:
         self._counters.skipped += 1
         self._outbox.wake()
 
-    # -- waiting records (retries, not_before) -----------------------------------------------
-
-    def _delay(self, source: _Source, record: Record, until: float) -> None:
-        source.waiting.add(record.id)
-        if self._delayed and until < self._delayed[0][0] and self._delayed_scope is not None:
-            self._delayed_scope.cancel()  # the loop sleeps for a later deadline: re-arm it
-        heapq.heappush(self._delayed, (until, next(self._seq), source, record))
-        self._notify()
-
-    async def _delayed_loop(self) -> None:
-        while True:
-            while self._delayed and self._delayed[0][0] <= self.clock.monotonic():
-                _, _, source, record = heapq.heappop(self._delayed)
-                source.waiting.discard(record.id)
-                source.pending[record.id] = record
-                self._notify()
-            changed = self._change_event()
-            with anyio.CancelScope() as scope:
-                self._delayed_scope = scope
-                if self._delayed:
-                    await self.clock.sleep_until(self._delayed[0][0])
-                else:
-                    await changed.wait()
-            self._delayed_scope = None
-
     # -- dispatching -------------------------------------------------------------------------
 
     async def _dispatch_loop(self, calls: TaskGroup) -> None:
         slots = anyio.Semaphore(self.pacing.max_concurrent)
         while True:
             await slots.acquire()
-            source, record = await self._next_record()
+            source, record = await self._queue.take()
             try:
                 if self._limiter is not None:
                     await self._limiter.acquire()
             except BaseException:
-                self._release(source, record)
-                source.pending[record.id] = record  # not dialed: back in the queue
+                self._queue.put_back(source, record)  # not dialed
                 slots.release()
                 raise
             calls.start_soon(self._attempt, source, record, slots)
 
-    async def _next_record(self) -> tuple[_Source, Record]:
-        """Take the next dialable record, round-robin across strategies; a record whose phone is
-        in a call stays queued (deferred, never dropped) and the next one is tried."""
-        while True:
-            changed = self._change_event()
-            count = len(self._sources)
-            for offset in range(count):
-                source = self._sources[(self._rr + offset) % count]
-                for record_id, record in source.pending.items():
-                    if record.phone not in self._phones_busy:
-                        del source.pending[record_id]
-                        source.in_flight.add(record_id)
-                        self._phones_busy.add(record.phone)
-                        self._rr = (self._rr + offset + 1) % count
-                        return source, record
-            await changed.wait()
-
-    def _release(self, source: _Source, record: Record) -> None:
-        source.in_flight.discard(record.id)
-        self._phones_busy.discard(record.phone)
-        self._notify()
-
-    async def _attempt(self, source: _Source, record: Record, slots: anyio.Semaphore) -> None:
+    async def _attempt(self, source: Source, record: Record, slots: anyio.Semaphore) -> None:
         try:
             await self._attempt_inner(source, record)
         finally:
-            self._release(source, record)
+            self._queue.release(source, record)
             slots.release()
             self._check_done()
 
-    async def _attempt_inner(self, source: _Source, record: Record) -> None:
+    async def _attempt_inner(self, source: Source, record: Record) -> None:
         known = source.known.get(record.id)
         number = (known.attempts if known else 0) + 1
         attempt_id = uuid.uuid4().hex
@@ -499,7 +422,7 @@ class DispatchHub:
         except StoreError as exc:
             # Never dial without a committed intent; try again after a poll interval.
             logger.error("store.intent_failed record=%s error=%s", record.id, exc)
-            self._delay(source, record, self.clock.monotonic() + self.poll_interval)
+            self._queue.delay(source, record, self.clock.monotonic() + self.poll_interval)
             return
         source.known[record.id] = KnownRecord(RecordState.DIALING, number)
         self._counters.dialed += 1
@@ -515,7 +438,7 @@ class DispatchHub:
         with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
             await self._settle(source, record, attempt_id, number, outcome)
 
-    async def _dial(self, source: _Source, record: Record, attempt_id: str) -> _Outcome:
+    async def _dial(self, source: Source, record: Record, attempt_id: str) -> _Outcome:
         request = DialRequest(
             to=record.phone,
             dispatch_id=attempt_id,
@@ -564,7 +487,7 @@ class DispatchHub:
         return _Outcome(AttemptState.COMPLETED, end.reason, call.id, end.duration)
 
     async def _settle(
-        self, source: _Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
+        self, source: Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
     ) -> None:
         """Persist an attempt's outcome with the record's next state and the callback that
         reports it (committed together), then schedule a retry if one is due."""
@@ -603,7 +526,7 @@ class DispatchHub:
         if record_state is RecordState.COMPLETED:
             self._counters.completed += 1
         elif record_state is RecordState.RETRY:
-            self._delay(source, record, self.clock.monotonic() + self.retry.delay)
+            self._queue.delay(source, record, self.clock.monotonic() + self.retry.delay)
         else:
             self._counters.failed += 1
 
@@ -632,23 +555,10 @@ class DispatchHub:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _change_event(self) -> anyio.Event:
-        if self._changed is None:
-            self._changed = anyio.Event()
-        return self._changed
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
     def _check_done(self) -> None:
         if not self.exit_when_done or self._stop_requested:
             return
-        for source in self._sources:
-            if source.polls == 0 or source.polling or source.pending or source.in_flight:
-                return
-        if self._delayed:
+        if any(s.polls == 0 or s.polling for s in self._sources) or not self._queue.idle():
             return
         logger.info("hub.done every polled record is in a terminal state")
         self.stop()

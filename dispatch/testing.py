@@ -132,7 +132,12 @@ class ManualClock:
 
     async def wait_for_sleepers(self, count: int = 1) -> None:
         """Return once at least ``count`` tasks are sleeping on this clock."""
-        await self._signal.wait_until(lambda: len(self._sleepers) >= count)
+        await self.wait_until(lambda: len(self._sleepers) >= count)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked whenever sleepers come or go
+        (e.g. ``lambda: clock.deadlines == [10.0]``)."""
+        await self._signal.wait_until(predicate)
 
     def _notify(self) -> None:
         self._signal.notify()

@@ -1,0 +1,140 @@
+"""What is waiting to be dialed, across strategies.
+
+Per strategy: admitted records in arrival order, the records in flight, and the records
+waiting for a time (a retry delay, ``not_before``). Across strategies: the numbers in a call.
+:meth:`DispatchQueue.take` picks the next dialable record round-robin across strategies (one
+busy source cannot starve another), passing over, never dropping, a record whose number is in
+a call. Waiters are woken by changes, never by polling.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from .abc import Strategy
+from .clock import Clock
+from .record import Record
+from .store import KnownRecord
+
+__all__ = ["DispatchQueue", "Source"]
+
+
+@dataclass(slots=True)
+class Source:
+    """Per-strategy state: what is queued, in flight, and already known to the store."""
+
+    strategy: Strategy
+    known: dict[str, KnownRecord] = field(default_factory=dict)
+    pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
+    in_flight: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    polls: int = 0  # successful polls
+    polling: bool = False
+    handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
+    terminal_at_start: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name
+
+    def queued(self, record_id: str) -> bool:
+        return record_id in self.pending or record_id in self.in_flight or record_id in self.waiting
+
+
+class DispatchQueue:
+    def __init__(self, sources: Sequence[Source], clock: Clock) -> None:
+        self.sources = list(sources)
+        self.clock = clock
+        self._phones_busy: set[str] = set()
+        self._delayed: list[tuple[float, int, Source, Record]] = []
+        self._seq = itertools.count()
+        self._rr = 0  # round-robin position across sources
+        self._changed: anyio.Event | None = None
+        self._timer_scope: anyio.CancelScope | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(len(s.pending) for s in self.sources)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._delayed)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(s.in_flight) for s in self.sources)
+
+    def idle(self) -> bool:
+        """Nothing queued, in flight or waiting for a time."""
+        return not self._delayed and not any(s.pending or s.in_flight for s in self.sources)
+
+    def admit(self, source: Source, record: Record) -> None:
+        source.pending[record.id] = record
+        self.notify()
+
+    def delay(self, source: Source, record: Record, until: float) -> None:
+        """Queue ``record`` at monotonic time ``until``."""
+        source.waiting.add(record.id)
+        if self._delayed and until < self._delayed[0][0] and self._timer_scope is not None:
+            self._timer_scope.cancel()  # the timer sleeps for a later deadline: re-arm it
+        heapq.heappush(self._delayed, (until, next(self._seq), source, record))
+        self.notify()
+
+    async def take(self) -> tuple[Source, Record]:
+        """Wait for the next dialable record and mark it (and its number) in flight."""
+        while True:
+            changed = self._change_event()
+            count = len(self.sources)
+            for offset in range(count):
+                source = self.sources[(self._rr + offset) % count]
+                for record_id, record in source.pending.items():
+                    if record.phone not in self._phones_busy:
+                        del source.pending[record_id]
+                        source.in_flight.add(record_id)
+                        self._phones_busy.add(record.phone)
+                        self._rr = (self._rr + offset + 1) % count
+                        return source, record
+            await changed.wait()
+
+    def release(self, source: Source, record: Record) -> None:
+        """The record's attempt is over: its number is free again."""
+        source.in_flight.discard(record.id)
+        self._phones_busy.discard(record.phone)
+        self.notify()
+
+    def put_back(self, source: Source, record: Record) -> None:
+        """A taken record was not dialed after all: back in the queue."""
+        self.release(source, record)
+        self.admit(source, record)
+
+    async def run_timers(self) -> None:
+        """Move waiting records into the queue when their time comes; runs until cancelled."""
+        while True:
+            while self._delayed and self._delayed[0][0] <= self.clock.monotonic():
+                _, _, source, record = heapq.heappop(self._delayed)
+                source.waiting.discard(record.id)
+                self.admit(source, record)
+            changed = self._change_event()
+            with anyio.CancelScope() as scope:
+                self._timer_scope = scope
+                if self._delayed:
+                    await self.clock.sleep_until(self._delayed[0][0])
+                else:
+                    await changed.wait()
+            self._timer_scope = None
+
+    def notify(self) -> None:
+        """Something changed: wake whoever waits for a record or a deadline."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _change_event(self) -> anyio.Event:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from dispatch.queue import DispatchQueue, Source
+from dispatch.testing import ManualClock
+from tests.support import PHONES, ListStrategy, rec
+
+pytestmark = pytest.mark.anyio
+
+A, B, C = PHONES[:3]
+
+
+def queue(*names: str, clock: ManualClock | None = None) -> DispatchQueue:
+    return DispatchQueue([Source(ListStrategy(name=n)) for n in names], clock or ManualClock())
+
+
+async def test_take_alternates_between_sources() -> None:
+    q = queue("big", "small")
+    big, small = q.sources
+    for n in range(3):
+        q.admit(big, rec(f"b{n}", PHONES[10 + n]))
+    q.admit(small, rec("s0", PHONES[20]))
+    order = [(await q.take())[1].id for _ in range(4)]
+    assert order == ["b0", "s0", "b1", "b2"]
+    assert q.in_flight == 4
+
+
+async def test_a_record_whose_number_is_in_a_call_is_passed_over_not_dropped() -> None:
+    q = queue("s")
+    [source] = q.sources
+    q.admit(source, rec("first", A))
+    q.admit(source, rec("same-number", A))
+    q.admit(source, rec("other", B))
+    first = (await q.take())[1]
+    assert (await q.take())[1].id == "other"
+
+    async with anyio.create_task_group() as tg:
+        taken: list[str] = []
+
+        async def take() -> None:
+            taken.append((await q.take())[1].id)
+
+        tg.start_soon(take)
+        await anyio.lowlevel.checkpoint()
+        assert taken == []  # waiting: the only pending record's number is busy
+        q.release(source, first)
+    assert taken == ["same-number"]
+
+
+async def test_put_back_returns_a_taken_record_and_frees_its_number() -> None:
+    q = queue("s")
+    [source] = q.sources
+    q.admit(source, rec("r1", A))
+    _, record = await q.take()
+    q.put_back(source, record)
+    assert (q.pending, q.in_flight) == (1, 0)
+    assert (await q.take())[1] == record
+
+
+async def test_delayed_records_enter_the_queue_at_their_time_even_if_added_out_of_order() -> None:
+    clock = ManualClock()
+    q = queue("s", clock=clock)
+    [source] = q.sources
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_timers)
+        q.delay(source, rec("late", A), 60.0)
+        await clock.wait_for_sleepers(1)
+        q.delay(source, rec("early", B), 10.0)  # re-arms the timer for the earlier deadline
+        await clock.wait_until(lambda: clock.deadlines == [10.0])
+        assert source.queued("early")
+        clock.advance(10.0)
+        assert (await q.take())[1].id == "early"
+        assert q.waiting == 1
+        clock.advance(50.0)
+        assert (await q.take())[1].id == "late"
+        assert q.idle() is False  # both in flight
+        tg.cancel_scope.cancel()
