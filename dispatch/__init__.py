@@ -5,27 +5,78 @@ from dispatch import DispatchHub, Record, Strategy, SimulatedAgent
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from .abc import Agent, Call, CallEnd, DialRequest, Strategy
-from .agents import SimulatedAgent
-from .clock import Clock, SystemClock
-from .errors import (
-    ConfigError,
-    DialError,
-    DialRejected,
-    DialUnknown,
-    DispatchError,
-    InvalidPhone,
-    StoreError,
-)
-from .hub import DispatchHub, HubStatistics
-from .options import Pacing, RecoverMode, RetryPolicy
-from .outbox import Backoff
-from .pacing import LimiterStatistics, SlidingWindowLimiter
-from .record import Record, normalize_phone
-from .states import AttemptState, RecordState, SkipReason
-from .store import Store
+# The public names load on first use (PEP 562), so `dispatch --help` and tools that import one
+# submodule do not pay for SQLAlchemy, pydantic and phonenumbers.
+_EXPORTS = {
+    "Agent": ".abc",
+    "AttemptState": ".states",
+    "Backoff": ".outbox",
+    "Call": ".abc",
+    "CallEnd": ".abc",
+    "Clock": ".clock",
+    "ConfigError": ".errors",
+    "DialError": ".errors",
+    "DialRejected": ".errors",
+    "DialRequest": ".abc",
+    "DialUnknown": ".errors",
+    "DispatchError": ".errors",
+    "DispatchHub": ".hub",
+    "HubStatistics": ".hub",
+    "InvalidPhone": ".errors",
+    "LimiterStatistics": ".pacing",
+    "Pacing": ".options",
+    "Record": ".record",
+    "RecordState": ".states",
+    "RecoverMode": ".options",
+    "RetryPolicy": ".options",
+    "SimulatedAgent": ".agents",
+    "SkipReason": ".states",
+    "SlidingWindowLimiter": ".pacing",
+    "Store": ".store",
+    "StoreError": ".errors",
+    "Strategy": ".abc",
+    "SystemClock": ".clock",
+    "normalize_phone": ".record",
+}
+
+if TYPE_CHECKING:
+    from .abc import Agent, Call, CallEnd, DialRequest, Strategy
+    from .agents import SimulatedAgent
+    from .clock import Clock, SystemClock
+    from .errors import (
+        ConfigError,
+        DialError,
+        DialRejected,
+        DialUnknown,
+        DispatchError,
+        InvalidPhone,
+        StoreError,
+    )
+    from .hub import DispatchHub, HubStatistics
+    from .options import Pacing, RecoverMode, RetryPolicy
+    from .outbox import Backoff
+    from .pacing import LimiterStatistics, SlidingWindowLimiter
+    from .record import Record, normalize_phone
+    from .states import AttemptState, RecordState, SkipReason
+    from .store import Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dispatch' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 try:
     __version__ = version("pinecall-dispatch")

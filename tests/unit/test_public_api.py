@@ -46,3 +46,24 @@ def test_every_error_derives_from_dispatch_error() -> None:
         error = getattr(dispatch.errors, name)
         assert inspect.isclass(error)
         assert issubclass(error, dispatch.DispatchError)
+
+
+def test_the_lazy_export_map_matches_all() -> None:
+    assert set(dispatch._EXPORTS) | {"__version__"} == set(dispatch.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = dispatch.Nope  # type: ignore[attr-defined]
+
+
+def test_the_command_line_starts_without_the_heavy_dependencies() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dispatch.cli; "
+        "print(sorted(m for m in ('sqlalchemy', 'pydantic', 'phonenumbers', 'anyio._backends') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
