@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .abc import Agent, Call, DialRequest, Strategy
-from .admission import Admission, Admit, Defer, Skip
+from .admission import Admission, Defer, Skip
 from .clock import Clock, SystemClock
 from .errors import DialRejected, DialUnknown, DispatchError, StoreError
 from .options import Pacing, RecoverMode, RetryPolicy
@@ -340,8 +340,11 @@ class DispatchHub:
                 )
             elif isinstance(decision, Defer):
                 self._queue.delay(source, decision.record, decision.until)
+            elif known is not None and known.retry_at is not None:
+                # A retry scheduled by an earlier run keeps its due time.
+                wait = (known.retry_at - self.clock.now()).total_seconds()
+                self._queue.delay(source, decision.record, self.clock.monotonic() + wait)
             else:
-                assert isinstance(decision, Admit)
                 self._queue.admit(source, decision.record)
         source.handled_in_last_poll = handled
         if skips:
@@ -504,6 +507,7 @@ class DispatchHub:
             callback = Callback(source.name, "on_completed", record, args)
         elif record_state is not RecordState.RETRY:
             callback = Callback(source.name, "on_failed", record, (outcome.reason,))
+        now = self.clock.now()
         try:
             await self.store.finished(
                 attempt_id=attempt_id,
@@ -514,8 +518,9 @@ class DispatchHub:
                 reason=outcome.reason,
                 call_id=outcome.call_id,
                 duration=outcome.duration,
-                at=self.clock.now(),
+                at=now,
                 callback=callback,
+                retry_at=now + timedelta(seconds=self.retry.delay) if retry else None,
             )
             self._outbox.wake()
         except StoreError as exc:

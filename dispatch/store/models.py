@@ -40,6 +40,7 @@ records = Table(
     Column("call_id", String(200)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("retry_at", DateTime(timezone=True)),  # when a `retry` record may be dialed again
     Index(None, "state"),
 )
 

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -56,6 +56,7 @@ class KnownRecord:
 
     state: RecordState
     attempts: int
+    retry_at: datetime | None = None  # for `retry` records: not before this time
 
 
 @dataclass(slots=True)
@@ -169,11 +170,19 @@ class Store:
 
     async def known_records(self) -> dict[tuple[str, str], KnownRecord]:
         """Every record the store has acted on, keyed by ``(strategy, record_id)``."""
-        query = select(records.c.strategy, records.c.record_id, records.c.state, records.c.attempts)
+        query = select(
+            records.c.strategy,
+            records.c.record_id,
+            records.c.state,
+            records.c.attempts,
+            records.c.retry_at,
+        )
         async with self.engine.connect() as conn:
             result = await conn.stream(query)
             return {
-                (row.strategy, row.record_id): KnownRecord(RecordState(row.state), row.attempts)
+                (row.strategy, row.record_id): KnownRecord(
+                    RecordState(row.state), row.attempts, _aware(row.retry_at)
+                )
                 async for row in result
             }
 
@@ -277,9 +286,10 @@ class Store:
         duration: float | None,
         at: datetime,
         callback: ob.Callback | None = None,
+        retry_at: datetime | None = None,
     ) -> None:
         """Commit an attempt's outcome, the record's resulting state and the callback that
-        reports it, together."""
+        reports it, together. ``retry_at``: when a record put back to ``retry`` is due."""
         statements: list[tuple[Executable, dict[str, Any]]] = [
             (
                 _FINISH_ATTEMPT,
@@ -301,6 +311,7 @@ class Store:
                     "b_reason": reason,
                     "b_call_id": call_id,
                     "b_at": at,
+                    "b_retry_at": retry_at,
                 },
             ),
         ]
@@ -396,6 +407,13 @@ def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
         conn.execute(statement, rows)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns timestamps without their zone; the store writes them in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 def _with_callback(
     statements: list[tuple[Executable, dict[str, Any]]], callback: ob.Callback | None, at: datetime
 ) -> list[tuple[Executable, dict[str, Any]]]:
@@ -417,6 +435,7 @@ def _record_row(
         "call_id": None,
         "created_at": at,
         "updated_at": at,
+        "retry_at": None,
     }
 
 
@@ -441,6 +460,7 @@ def _upsert(dialect: Any) -> Executable:
             "reason": stmt.excluded.reason,
             "call_id": stmt.excluded.call_id,
             "updated_at": stmt.excluded.updated_at,
+            "retry_at": stmt.excluded.retry_at,
         },
     )
     return upsert
@@ -483,5 +503,6 @@ _UPDATE_RECORD = (
         reason=bindparam("b_reason"),
         call_id=bindparam("b_call_id"),
         updated_at=bindparam("b_at"),
+        retry_at=bindparam("b_retry_at"),
     )
 )

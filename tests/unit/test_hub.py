@@ -518,3 +518,46 @@ async def test_status_shows_the_records_queued_in_memory(sqlite_url: str) -> Non
     assert (leads.pending, leads.waiting) == (1, 1)  # r4 queued; r2 waiting for its retry
     assert leads.states == {"dialing": 2, "retry": 1}
     assert leads.polled_at == clock.now()
+
+
+async def test_a_retry_delay_survives_a_restart(sqlite_url: str) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent(script={A: ["busy"]})
+    hub = make_hub(
+        sqlite_url,
+        agent,
+        ListStrategy([rec("r1", A)]),
+        clock=clock,
+        retry=RetryPolicy(attempts=1, delay=600.0),
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(1)
+            await clock.wait_until(lambda: 600.0 in clock.deadlines)  # the retry is scheduled
+            hub.stop()
+
+    later = ManualClock(wall=clock.now() + timedelta(seconds=100))
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    hub = make_hub(
+        sqlite_url,
+        agent,
+        source,
+        clock=later,
+        exit_when_done=True,
+        retry=RetryPolicy(attempts=1, delay=600.0),
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            # 100 s of the 600 s delay passed while the daemon was down: 500 s remain.
+            await later.wait_until(lambda: 500.0 in later.deadlines)
+            assert agent.dials == []
+            later.advance(500.0)
+    assert [d.to for d in agent.dials] == [A]
+    assert await fetch(sqlite_url, "SELECT number, state FROM attempts ORDER BY number") == [
+        (1, "rejected"),
+        (2, "completed"),
+    ]
+    assert await fetch(sqlite_url, "SELECT state, retry_at FROM records") == [("completed", None)]
