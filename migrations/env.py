@@ -17,6 +17,7 @@ def _run(connection: object) -> None:
         connection=connection,  # type: ignore[arg-type]
         target_metadata=metadata,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copes
+        transactional_ddl=True,  # all-or-nothing on PostgreSQL and (see the store) SQLite
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -105,7 +105,8 @@ class Store:
         self._send, self._receive = anyio.create_memory_object_stream[_Write](self._queue_size)
         engine = create_async_engine(self.url)
         if self.url.get_backend_name() == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", _sqlite_connect)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
         self._engine = engine
         if migrate:
             await self.upgrade()
@@ -439,7 +440,7 @@ def _record_row(
     }
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets `dispatch status` read while the daemon writes; synchronous=FULL because a
     # committed intent lost to a power cut could let a record be dialed twice.
     cursor = dbapi_connection.cursor()
@@ -447,6 +448,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    # The sqlite3 driver runs DDL outside any transaction, so a crash in the middle of a
+    # migration would leave half a schema that no later start can upgrade. Take transaction
+    # control from the driver and BEGIN ourselves (see _sqlite_begin): DDL becomes atomic.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 def _upsert(dialect: Any) -> Executable:

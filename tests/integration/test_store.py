@@ -258,3 +258,29 @@ async def test_recovery_queues_on_failed_for_each_interrupted_record(store: Stor
         ("interrupted",),
     )
     assert row.callback.record.phone == "+14155552671"
+
+
+async def test_an_upgrade_that_dies_midway_leaves_nothing_and_a_restart_migrates(
+    any_store_url: str,
+) -> None:
+    from sqlalchemy import Connection, inspect
+
+    from dispatch.store.migrate import upgrade_connection
+
+    def upgrade_then_die(conn: Connection) -> None:
+        upgrade_connection(conn)  # every migration ran ...
+        raise RuntimeError("killed before the commit")  # ... and the process died
+
+    store = Store(any_store_url)
+    await store.open(migrate=False)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            async with store.engine.begin() as conn:
+                await conn.run_sync(upgrade_then_die)
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(lambda c: inspect(c).get_table_names()) == []
+        await store.upgrade()  # the next start
+        version = await fetch(_plain(store), "SELECT version_num FROM alembic_version")
+        assert version == [(head_revision(),)]
+    finally:
+        await store.aclose()
