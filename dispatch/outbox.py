@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -109,7 +109,7 @@ class Outbox:
                 continue
             await self._wait(event, next_at)
 
-    async def _wait(self, event: anyio.Event, next_at: Any) -> None:
+    async def _wait(self, event: anyio.Event, next_at: datetime | None) -> None:
         if next_at is None:
             await event.wait()
             return

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     Column,
     DateTime,
@@ -13,10 +16,28 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 
 __all__ = ["attempts", "metadata", "outbox", "records", "sources"]
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always reads back aware UTC datetimes.
+
+    The store writes UTC; SQLite keeps no zone, so without this its values come back naive and
+    every reader would have to patch them.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
 
 metadata = MetaData(
     naming_convention={
@@ -38,9 +59,9 @@ records = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("reason", String(500)),
     Column("call_id", String(200)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("retry_at", DateTime(timezone=True)),  # when a `retry` record may be dialed again
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("retry_at", UtcDateTime()),  # when a `retry` record may be dialed again
     Index(None, "state"),
 )
 
@@ -59,8 +80,8 @@ attempts = Table(
     Column("call_id", String(200)),
     Column("reason", String(500)),
     Column("duration", Float),
-    Column("dialed_at", DateTime(timezone=True), nullable=False),
-    Column("ended_at", DateTime(timezone=True)),
+    Column("dialed_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime()),
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),
@@ -77,10 +98,10 @@ outbox = Table(
     Column("record_id", String(500), nullable=False),
     Column("callback", String(40), nullable=False),
     Column("payload", Text, nullable=False),  # JSON: {"record": {...}, "args": [...]}
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Column("deliveries", Integer, nullable=False, default=0),  # failed tries so far
-    Column("next_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True)),
+    Column("next_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime()),
     Column("last_error", String(500)),
     Index(None, "delivered_at", "next_at"),
     Index(None, "strategy", "record_id", "id"),
@@ -95,5 +116,5 @@ sources = Table(
     Column("strategy", String(200), primary_key=True),
     Column("pending", Integer, nullable=False),  # admitted, waiting for a slot or the limiter
     Column("waiting", Integer, nullable=False),  # waiting for a retry delay or not_before
-    Column("polled_at", DateTime(timezone=True), nullable=False),
+    Column("polled_at", UtcDateTime(), nullable=False),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
@@ -95,8 +95,6 @@ async def next_due(engine: AsyncEngine) -> datetime | None:
     query = select(func.min(outbox.c.next_at)).where(_heads())
     async with engine.connect() as conn:
         value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
-    if value is not None and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # SQLite returns UTC timestamps without their zone
     return value
 
 

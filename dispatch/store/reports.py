@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -135,7 +135,7 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             skipped=dict(reasons[name]["skipped"]),
             pending=queues[name].pending if name in queues else 0,
             waiting=queues[name].waiting if name in queues else 0,
-            polled_at=_aware(queues[name].polled_at) if name in queues else None,
+            polled_at=queues[name].polled_at if name in queues else None,
         )
         for name in sorted(states)
     }
@@ -173,21 +173,9 @@ async def history(
     try:
         async with engine.connect() as conn:
             result = await conn.execute(query)
-            return [AttemptRow(**_utc(dict(row._mapping))) for row in result]
+            return [AttemptRow(**row._mapping) for row in result]
     except SQLAlchemyError as exc:
         raise StoreError(_unreadable(exc)) from exc
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; the store writes them in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _utc(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("dialed_at", "ended_at"):
-        if row[key] is not None:
-            row[key] = _aware(row[key])
-    return row
 
 
 def _unreadable(exc: SQLAlchemyError) -> str:

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -182,7 +182,7 @@ class Store:
             result = await conn.stream(query)
             return {
                 (row.strategy, row.record_id): KnownRecord(
-                    RecordState(row.state), row.attempts, _aware(row.retry_at)
+                    RecordState(row.state), row.attempts, row.retry_at
                 )
                 async for row in result
             }
@@ -406,13 +406,6 @@ def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
             grouped.setdefault(id(statement), (statement, []))[1].append(params)
     for statement, rows in grouped.values():
         conn.execute(statement, rows)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns timestamps without their zone; the store writes them in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _with_callback(
