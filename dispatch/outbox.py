@@ -72,8 +72,6 @@ class Outbox:
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self.batch = batch
-        self.delivered = 0
-        self.failed = 0
         self._event: anyio.Event | None = None
         self._finishing = False
 
@@ -137,7 +135,6 @@ class Outbox:
                 continue
             failures = row.deliveries + 1
             delay = self.backoff.delay(failures)
-            self.failed += 1
             logger.error(
                 "callback.failed strategy=%s callback=%s record=%s delivery=%d error=%s "
                 "retry_in=%gs",
@@ -152,7 +149,6 @@ class Outbox:
             await self.store.delivery_failed(row.id, failures, next_at, error)
         if done:
             await self.store.delivered(done, self.clock.now())
-            self.delivered += len(done)
         return len(rows) == self.batch
 
     async def _deliver(self, callback: ob.Callback) -> str | None:
