@@ -28,10 +28,12 @@ _EXPORTS = {
     "HubStatistics": ".hub",
     "InvalidPhone": ".errors",
     "LimiterStatistics": ".pacing",
+    "Malformed": ".abc",
     "Pacing": ".options",
     "Record": ".record",
     "RecordState": ".states",
     "RecoverMode": ".options",
+    "Removed": ".abc",
     "RetryPolicy": ".options",
     "SimulatedAgent": ".agents",
     "SkipReason": ".states",
@@ -44,7 +46,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .abc import Agent, Call, CallEnd, DialRequest, Strategy
+    from .abc import Agent, Call, CallEnd, DialRequest, Malformed, Removed, Strategy
     from .agents import SimulatedAgent
     from .clock import Clock, SystemClock
     from .errors import (
@@ -100,10 +102,12 @@ __all__ = [
     "HubStatistics",
     "InvalidPhone",
     "LimiterStatistics",
+    "Malformed",
     "Pacing",
     "Record",
     "RecordState",
     "RecoverMode",
+    "Removed",
     "RetryPolicy",
     "SimulatedAgent",
     "SkipReason",

@@ -8,17 +8,66 @@ Callbacks and ``poll`` may be plain or ``async`` functions; the hub awaits what 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from .record import Record
 
-__all__ = ["Agent", "Call", "CallEnd", "CallbackResult", "DialRequest", "PollResult", "Strategy"]
+__all__ = [
+    "Agent",
+    "Call",
+    "CallEnd",
+    "CallbackName",
+    "CallbackResult",
+    "DialRequest",
+    "Malformed",
+    "PollItem",
+    "PollResult",
+    "Removed",
+    "Strategy",
+]
 
-PollResult: TypeAlias = Awaitable[Iterable[Record]] | AsyncIterator[Record]
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """Yielded by an incremental strategy's ``poll``: record ``id`` left the source.
+
+    If it is still queued (not yet dialed) it is dropped from the queue; a record already in a
+    call or finished is unaffected. Yielding it for an unknown id is harmless.
+    """
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Yielded by ``poll`` for source data that cannot become a record (a bad CSV row).
+
+    The hub records it as skipped with reason ``malformed`` (visible in ``dispatch status``)
+    and calls ``on_skipped`` with a record holding ``id``, ``phone`` (as found, maybe empty)
+    and ``metadata={"line": line, "error": detail}``. ``id`` should be stable for the same bad
+    data (a CSV uses the row's id, or ``line:N`` when it has none).
+    """
+
+    id: str
+    detail: str
+    phone: str = ""
+    line: int | None = None
+
+    def record(self) -> Record:
+        metadata: dict[str, Any] = {"error": self.detail}
+        if self.line is not None:
+            metadata["line"] = self.line
+        return Record(id=self.id, phone=self.phone, metadata=metadata)
+
+
+PollItem: TypeAlias = Record | Removed | Malformed
+PollResult: TypeAlias = Awaitable[Iterable[PollItem]] | AsyncIterator[PollItem]
 CallbackResult: TypeAlias = Awaitable[None] | None
+CallbackName: TypeAlias = Literal["on_dispatched", "on_completed", "on_failed", "on_skipped"]
 
 
 class Strategy(ABC):
@@ -33,6 +82,15 @@ class Strategy(ABC):
 
     name: str
 
+    _poll_requested: Callable[[], None] | None = None  # installed by the hub while it runs
+
+    incremental: ClassVar[bool] = False
+    """False: every poll returns every record still wanted (the hub ignores repeats of queued
+    records). True: a poll yields only what changed since the previous one, so a record
+    yielded again replaces the queued version if it is not dialed yet (a fixed phone is used),
+    a record skipped for its content (``invalid_phone``, ``malformed``) is looked at again, and
+    :class:`Removed` drops a queued record."""
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or type(self).__name__
 
@@ -41,10 +99,13 @@ class Strategy(ABC):
         """Return the records that are currently due, as ``async def poll()`` returning an
         iterable, or as an async generator.
 
-        Called every ``poll_interval`` seconds and never concurrently with itself. Return every
-        record you still want called, including ones returned before: the hub deduplicates by
-        ``Record.id``, and a record that reached a terminal state is never dialed again. An
-        exception is logged with the strategy name and the hub polls again next interval.
+        Called every ``poll_interval`` seconds (sooner after :meth:`poll_now`) and never
+        concurrently with itself. Return every record you still want called, including ones
+        returned before: the hub deduplicates by ``Record.id``, and a record that reached a
+        terminal state is never dialed again (an :attr:`incremental` strategy returns only what
+        changed instead). Items may also be :class:`Malformed` (bad source data, recorded as
+        skipped) and, for incremental strategies, :class:`Removed`. An exception is logged with
+        the strategy name and the hub polls again next interval.
         """
 
     async def open(self) -> None:  # noqa: B027 - optional hook, deliberately empty
@@ -52,6 +113,33 @@ class Strategy(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Release resources; called once when the hub stops, even after an error."""
+
+    async def watch(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Optional: watch the source and call :meth:`poll_now` when it changes.
+
+        The hub runs it in the background from start to stop and cancels it on stop. If it
+        returns or raises, the strategy is still polled every ``poll_interval``: watching only
+        makes changes arrive sooner.
+        """
+
+    def poll_now(self) -> None:
+        """Ask the hub to poll this strategy as soon as possible (without waiting for the next
+        ``poll_interval``). Safe to call at any time, from the hub's event loop; calls made
+        while a poll runs lead to one more poll after it."""
+        if self._poll_requested is not None:
+            self._poll_requested()
+
+    async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
+        """How the hub hands an outcome to this strategy: calls the named callback (looked up
+        at delivery time, so ``strategy.on_completed = fn`` works).
+
+        Override it for work that must happen whatever callbacks a user assigns (the CSV
+        write-back does), and call ``super().deliver(...)``. An exception makes the hub
+        retry the delivery later.
+        """
+        result = getattr(self, callback)(record, *args)
+        if inspect.isawaitable(result):
+            await result
 
     def on_dispatched(self, record: Record, call_id: str) -> CallbackResult:
         """The platform accepted the dial of ``record`` and named the call ``call_id``."""

@@ -18,7 +18,7 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
-from .abc import Agent, Call, DialRequest, Strategy
+from .abc import Agent, Call, DialRequest, Malformed, PollItem, Removed, Strategy
 from .admission import Admission, Defer, Skip
 from .clock import Clock, SystemClock
 from .errors import DialRejected, DialUnknown, DispatchError, StoreError
@@ -27,7 +27,7 @@ from .outbox import Backoff, Outbox
 from .pacing import SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
-from .states import AttemptState, RecordState
+from .states import AttemptState, RecordState, SkipReason
 from .store import KnownRecord, Store
 from .store.outbox import Callback
 
@@ -237,6 +237,7 @@ class DispatchHub:
         await self.agent.open()
         for source in self._sources:
             await source.strategy.open()
+            source.strategy._poll_requested = source.request_poll
         logger.info(
             "hub.ready strategies=%s store=%s known_records=%d",
             ",".join(s.name for s in self._sources),
@@ -247,6 +248,7 @@ class DispatchHub:
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             for source in self._sources:
+                source.strategy._poll_requested = None
                 try:
                     await source.strategy.aclose()
                 except Exception:
@@ -263,6 +265,7 @@ class DispatchHub:
             async with anyio.create_task_group() as control:
                 for source in self._sources:
                     control.start_soon(self._poll_loop, source)
+                    control.start_soon(self._watch, source)
                 control.start_soon(self._queue.run_timers)
                 control.start_soon(self._dispatch_loop, calls)
                 await self._stopping.wait()
@@ -296,7 +299,35 @@ class DispatchHub:
                 source.polling = False
             await self._record_queue(source)
             self._check_done()
-            await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
+            await self._wait_for_poll(source)
+
+    async def _wait_for_poll(self, source: Source) -> None:
+        """Sleep until the next poll is due or the strategy asks for one (``poll_now``)."""
+        if not source.poll_wanted:
+            source.poll_event = event = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def interval() -> None:
+                    await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
+                    event.set()
+
+                tg.start_soon(interval)
+                await event.wait()
+                tg.cancel_scope.cancel()
+            source.poll_event = None
+        source.poll_wanted = False
+
+    async def _watch(self, source: Source) -> None:
+        try:
+            await source.strategy.watch()
+        except Exception as exc:
+            logger.warning(
+                "watch.failed strategy=%s error=%s: %s (polling every %gs instead)",
+                source.name,
+                type(exc).__name__,
+                exc,
+                self.poll_interval,
+            )
 
     async def _record_queue(self, source: Source) -> None:
         # For `dispatch status`: records queued in memory have no row in the store yet.
@@ -311,35 +342,54 @@ class DispatchHub:
             logger.warning("store.queue_snapshot_failed strategy=%s error=%s", source.name, exc)
 
     @staticmethod
-    async def _poll(strategy: Strategy) -> AsyncIterator[Record]:
+    async def _poll(strategy: Strategy) -> AsyncIterator[PollItem]:
         result = strategy.poll()
         if isinstance(result, AsyncIterator):
-            async for record in result:
-                yield record
+            async for item in result:
+                yield item
         else:
-            records: Iterable[Record] = await result
-            for record in records:
-                yield record
+            items: Iterable[PollItem] = await result
+            for item in items:
+                yield item
 
-    async def _intake(self, source: Source, records: AsyncIterator[Record]) -> None:
+    async def _intake(self, source: Source, items: AsyncIterator[PollItem]) -> None:
         skips: list[tuple[Record, Skip, int]] = []
         handled = 0
-        async for record in records:
-            if source.queued(record.id):
+        incremental = source.strategy.incremental
+        async for item in items:
+            if isinstance(item, Removed):
+                if incremental and item.id not in source.in_flight and source.queued(item.id):
+                    self._queue.withdraw(source, item.id)
+                    logger.info("record.withdrawn strategy=%s record=%s", source.name, item.id)
                 continue
+            record = item.record() if isinstance(item, Malformed) else item
+            due: float | None = None  # a replaced record keeps its retry time
+            if source.queued(record.id):
+                if not incremental or record.id in source.in_flight:
+                    continue
+                due = self._queue.withdraw(source, record.id)
+                logger.info("record.updated strategy=%s record=%s", source.name, record.id)
             known = source.known.get(record.id)
-            if known is not None and known.state.terminal:
+            fixable = incremental and known is not None and known.skipped_for_content
+            if known is not None and known.state.terminal and not fixable:
                 handled += record.id in source.terminal_at_start
                 continue
-            decision = self.admission.check(record)
+            attempts = known.attempts if known else 0
+            decision = (
+                Skip(SkipReason.MALFORMED, item.detail)
+                if isinstance(item, Malformed)
+                else self.admission.check(record)
+            )
             if isinstance(decision, Skip):
-                skips.append((record, decision, known.attempts if known else 0))
+                skips.append((record, decision, attempts))
                 # Mark it now so a repeat of the same id in this poll is not skipped twice.
                 source.known[record.id] = KnownRecord(
-                    decision.state, known.attempts if known else 0
+                    decision.state, attempts, None, decision.reason
                 )
             elif isinstance(decision, Defer):
-                self._queue.delay(source, decision.record, decision.until)
+                self._queue.delay(source, decision.record, max(decision.until, due or 0.0))
+            elif due is not None:
+                self._queue.delay(source, decision.record, due)
             elif known is not None and known.retry_at is not None:
                 # A retry scheduled by an earlier run keeps its due time.
                 wait = (known.retry_at - self.clock.now()).total_seconds()

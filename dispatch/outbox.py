@@ -10,12 +10,10 @@ same record, never those of other records. Dialing never waits for any of this.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,17 +24,9 @@ from .errors import StoreError
 from .store import Store
 from .store import outbox as ob
 
-__all__ = ["Backoff", "Outbox", "invoke"]
+__all__ = ["Backoff", "Outbox"]
 
 logger = logging.getLogger(__name__)
-
-
-async def invoke(function: Callable[..., Any], *args: Any) -> Any:
-    """Call a plain or async function and await its result if it is awaitable."""
-    result = function(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +145,9 @@ class Outbox:
         strategy = self.strategies.get(callback.strategy)
         if strategy is None:
             return f"no strategy named {callback.strategy!r} is configured"
-        # Looked up at delivery time so `strategy.on_completed = fn` works after construction.
-        function = getattr(strategy, callback.name)
         try:
             with anyio.fail_after(self.timeout):
-                await invoke(function, callback.record, *callback.args)
+                await strategy.deliver(callback.name, callback.record, *callback.args)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
         return None

@@ -32,11 +32,18 @@ class Source:
     known: dict[str, KnownRecord] = field(default_factory=dict)
     pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
     in_flight: set[str] = field(default_factory=set)
-    waiting: set[str] = field(default_factory=set)
+    waiting: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (due, entry)
     polls: int = 0  # successful polls
     polling: bool = False
     handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
     terminal_at_start: set[str] = field(default_factory=set)
+    poll_wanted: bool = False  # the strategy asked for a poll (`poll_now`)
+    poll_event: anyio.Event | None = None  # set while the poll loop sleeps
+
+    def request_poll(self) -> None:
+        self.poll_wanted = True
+        if self.poll_event is not None:
+            self.poll_event.set()
 
     @property
     def name(self) -> str:
@@ -63,7 +70,7 @@ class DispatchQueue:
 
     @property
     def waiting(self) -> int:
-        return len(self._delayed)
+        return sum(len(s.waiting) for s in self.sources)
 
     @property
     def in_flight(self) -> int:
@@ -71,7 +78,7 @@ class DispatchQueue:
 
     def idle(self) -> bool:
         """Nothing queued, in flight or waiting for a time."""
-        return not self._delayed and not any(s.pending or s.in_flight for s in self.sources)
+        return not any(s.pending or s.in_flight or s.waiting for s in self.sources)
 
     def admit(self, source: Source, record: Record) -> None:
         source.pending[record.id] = record
@@ -79,11 +86,23 @@ class DispatchQueue:
 
     def delay(self, source: Source, record: Record, until: float) -> None:
         """Queue ``record`` at monotonic time ``until``."""
-        source.waiting.add(record.id)
+        seq = next(self._seq)
+        source.waiting[record.id] = (until, seq)
         if self._delayed and until < self._delayed[0][0] and self._timer_scope is not None:
             self._timer_scope.cancel()  # the timer sleeps for a later deadline: re-arm it
-        heapq.heappush(self._delayed, (until, next(self._seq), source, record))
+        heapq.heappush(self._delayed, (until, seq, source, record))
         self.notify()
+
+    def withdraw(self, source: Source, record_id: str) -> float | None:
+        """Drop a queued record that is not in flight; return its due time if it was waiting
+        for one. Its heap entry stays behind, stale, and is ignored when its time comes."""
+        source.pending.pop(record_id, None)
+        entry = source.waiting.pop(record_id, None)
+        if entry is None:
+            return None
+        if not any(s.waiting for s in self.sources):
+            self._delayed.clear()
+        return entry[0]
 
     async def take(self) -> tuple[Source, Record]:
         """Wait for the next dialable record and mark it (and its number) in flight."""
@@ -116,9 +135,10 @@ class DispatchQueue:
         """Move waiting records into the queue when their time comes; runs until cancelled."""
         while True:
             while self._delayed and self._delayed[0][0] <= self.clock.monotonic():
-                _, _, source, record = heapq.heappop(self._delayed)
-                source.waiting.discard(record.id)
-                self.admit(source, record)
+                until, seq, source, record = heapq.heappop(self._delayed)
+                if source.waiting.get(record.id) == (until, seq):  # else withdrawn or replaced
+                    del source.waiting[record.id]
+                    self.admit(source, record)
             changed = self._change_event()
             with anyio.CancelScope() as scope:
                 self._timer_scope = scope

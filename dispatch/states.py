@@ -43,3 +43,10 @@ class SkipReason(StrEnum):
 
     INVALID_PHONE = "invalid_phone"
     EXPIRED = "expired"
+    MALFORMED = "malformed"  # the source's data could not become a record (a bad CSV row)
+
+    @property
+    def about_content(self) -> bool:
+        """The record's data was at fault: an incremental source that yields the record again
+        (the operator fixed the row) has it looked at again."""
+        return self in (SkipReason.INVALID_PHONE, SkipReason.MALFORMED)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +20,9 @@ from ..errors import StoreError
 from ..record import Record
 from .models import outbox
 
+if TYPE_CHECKING:
+    from ..abc import CallbackName
+
 __all__ = ["Callback", "OutboxRow", "backlog", "due", "next_due"]
 
 
@@ -28,7 +31,7 @@ class Callback:
     """A callback to deliver: ``strategy.<name>(record, *args)``."""
 
     strategy: str
-    name: str
+    name: CallbackName
     record: Record
     args: tuple[Any, ...] = ()
 
@@ -55,7 +58,8 @@ class OutboxRow:
 def _callback(row: Any) -> Callback:
     payload = json.loads(row.payload)
     record = Record.model_validate(payload["record"])
-    return Callback(row.strategy, row.callback, record, tuple(payload["args"]))
+    name = cast("CallbackName", row.callback)
+    return Callback(row.strategy, name, record, tuple(payload["args"]))
 
 
 def _heads() -> ColumnElement[bool]:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ..errors import StoreError
 from ..options import RecoverMode
 from ..record import Record
-from ..states import AttemptState, RecordState
+from ..states import AttemptState, RecordState, SkipReason
 from . import outbox as ob
 from .migrate import upgrade_connection
 from .models import attempts, records, sources
@@ -36,6 +36,7 @@ __all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url"]
 
 logger = logging.getLogger(__name__)
 
+_CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
 
@@ -57,6 +58,12 @@ class KnownRecord:
     state: RecordState
     attempts: int
     retry_at: datetime | None = None  # for `retry` records: not before this time
+    reason: str | None = None  # the skip reason, for skipped records
+
+    @property
+    def skipped_for_content(self) -> bool:
+        """Skipped because the record's data was at fault (a fixed row deserves a new look)."""
+        return self.state is RecordState.SKIPPED and self.reason in _CONTENT_SKIPS
 
 
 @dataclass(slots=True)
@@ -177,12 +184,16 @@ class Store:
             records.c.state,
             records.c.attempts,
             records.c.retry_at,
+            records.c.reason,
         )
         async with self.engine.connect() as conn:
             result = await conn.stream(query)
             return {
                 (row.strategy, row.record_id): KnownRecord(
-                    RecordState(row.state), row.attempts, row.retry_at
+                    RecordState(row.state),
+                    row.attempts,
+                    row.retry_at,
+                    row.reason if row.state == RecordState.SKIPPED else None,
                 )
                 async for row in result
             }
