@@ -77,7 +77,8 @@ class Strategy(ABC):
     them in a subclass or assign a function on an instance (``csv.on_completed = fn``), sync or
     async either way. Callbacks run outside the dialing path: a slow or raising callback is
     logged and never blocks or stops dialing. They are delivered at least once; write them to be
-    idempotent.
+    idempotent. Callbacks of one record run in the order of its events; callbacks of different
+    records may run concurrently (up to 16 at a time).
     """
 
     name: str

@@ -30,6 +30,7 @@ from .outbox import Backoff
 __all__ = [
     "AgentConfig",
     "CsvStrategyConfig",
+    "CsvWriteBackConfig",
     "PythonStrategyConfig",
     "Settings",
     "build_hub",
@@ -85,6 +86,12 @@ class SimulatedAgentConfig(_Section):
 AgentConfig = Annotated[SimulatedAgentConfig, Field(discriminator="kind")]
 
 
+class CsvWriteBackConfig(_Section):
+    status_column: str = Field("dispatch_status", min_length=1)
+    call_id_column: str | None = None
+    time_column: str | None = None
+
+
 class CsvStrategyConfig(_Section):
     kind: Literal["csv"]
     name: str | None = None
@@ -96,14 +103,26 @@ class CsvStrategyConfig(_Section):
     prompt_vars: dict[str, str] = Field(default_factory=dict)
     from_: str | None = Field(None, alias="from")
     timezone: str | None = None
+    skip_if: dict[str, list[str]] = Field(default_factory=dict)
     delimiter: str | None = Field(None, min_length=1, max_length=1)
-    encoding: str = "utf-8-sig"
+    encoding: str = "utf-8"
+    watch: bool = True
+    settle: float = Field(1.0, ge=0)
+    rescan_interval: float = Field(300.0, gt=0)
+    write_back: CsvWriteBackConfig | None = None
+    results_path: Path | None = None
 
     def build(self, base: Path) -> Strategy:
-        from strategies.csv import CsvStrategy  # strategies depend on dispatch, not the reverse
+        # strategies depend on dispatch, not the reverse
+        from strategies.csv import CsvStrategy, WriteBack
 
-        options = self.model_dump(exclude={"kind", "path"})
-        return CsvStrategy(_resolve(base, self.path), **options)
+        options = self.model_dump(exclude={"kind", "path", "write_back", "results_path"})
+        return CsvStrategy(
+            _resolve(base, self.path),
+            write_back=WriteBack(**self.write_back.model_dump()) if self.write_back else None,
+            results_path=_resolve(base, self.results_path) if self.results_path else None,
+            **options,
+        )
 
 
 class PythonStrategyConfig(_Section):

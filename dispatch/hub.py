@@ -381,10 +381,14 @@ class DispatchHub:
                 else self.admission.check(record)
             )
             if isinstance(decision, Skip):
+                phone = record.phone[:32]
+                if fixable and known and (known.reason, known.phone) == (decision.reason, phone):
+                    handled += record.id in source.terminal_at_start
+                    continue  # still broken the same way: already reported
                 skips.append((record, decision, attempts))
                 # Mark it now so a repeat of the same id in this poll is not skipped twice.
                 source.known[record.id] = KnownRecord(
-                    decision.state, attempts, None, decision.reason
+                    decision.state, attempts, None, decision.reason, phone
                 )
             elif isinstance(decision, Defer):
                 self._queue.delay(source, decision.record, max(decision.until, due or 0.0))
@@ -420,7 +424,7 @@ class DispatchHub:
             await self.store.skipped(
                 strategy=source.name,
                 record_id=record.id,
-                phone=record.phone[:32],
+                phone=record.phone[:32],  # as given: a skipped phone may be anything
                 state=skip.state,
                 reason=skip.reason,
                 attempts_made=attempts_made,

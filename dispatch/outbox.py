@@ -1,8 +1,9 @@
 """Delivering strategy callbacks from the outbox: at least once, in order per record.
 
 A callback is committed to the store (the ``outbox`` table) in the same transaction as the
-outcome it reports. This worker delivers due rows one at a time; a callback that raises or
-runs past ``timeout`` is retried after a capped exponential backoff, and rows still pending
+outcome it reports. This worker delivers due rows, up to ``concurrency`` at once (callbacks of
+different records may overlap); a callback that raises or runs past ``timeout`` is retried
+after a capped exponential backoff, and rows still pending
 when the process stops are delivered after the next start. Callbacks of one record are
 delivered in the order their events happened: a failing one holds back the later ones of the
 same record, never those of other records. Dialing never waits for any of this.
@@ -55,6 +56,7 @@ class Outbox:
         timeout: float = 30.0,
         backoff: Backoff | None = None,
         batch: int = 500,
+        concurrency: int = 16,
     ) -> None:
         self.store = store
         self.strategies = strategies
@@ -62,6 +64,7 @@ class Outbox:
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self.batch = batch
+        self.concurrency = concurrency
         self._event: anyio.Event | None = None
         self._finishing = False
 
@@ -115,14 +118,28 @@ class Outbox:
             tg.cancel_scope.cancel()
 
     async def _deliver_due(self) -> bool:
-        """Deliver what is due; return True if the batch was full (more may be due)."""
+        """Deliver what is due; return True if the batch was full (more may be due).
+
+        The due rows belong to distinct records (one head per record), so they are delivered
+        concurrently without breaking the order within a record.
+        """
         rows = await ob.due(self.store.engine, self.clock.now(), self.batch)
         done: list[int] = []
-        for row in rows:
-            error = await self._deliver(row.callback)
+        failed: list[tuple[ob.OutboxRow, str]] = []
+        limit = anyio.CapacityLimiter(self.concurrency)
+
+        async def deliver(row: ob.OutboxRow) -> None:
+            async with limit:
+                error = await self._deliver(row.callback)
             if error is None:
                 done.append(row.id)
-                continue
+            else:
+                failed.append((row, error))
+
+        async with anyio.create_task_group() as tg:
+            for row in rows:
+                tg.start_soon(deliver, row)
+        for row, error in failed:
             failures = row.deliveries + 1
             delay = self.backoff.delay(failures)
             logger.error(

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .csv import CsvStrategy, RowMapper
+from .csv import CsvStrategy, RowMapper, WriteBack, WriteBackError, neutralize
 
-__all__ = ["CsvStrategy", "RowMapper"]
+__all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]

@@ -1,4 +1,9 @@
-"""CsvStrategy: records from a CSV file, re-read on every poll.
+"""CsvStrategy: records from a CSV file that people edit while the daemon runs.
+
+The file is watched (inotify through ``watchfiles``) and polled as a backstop. Reads are
+incremental (see :mod:`strategies._csvfile`): an unchanged file costs a ``stat``, appended
+rows are read alone, and a rewritten file is diffed by row against the previous read, so a
+poll yields only new and changed rows, and :class:`~dispatch.Removed` for deleted ones.
 
 Row keys are the header names, stripped, lower-cased, with inner spaces as underscores
 (`` First Name `` -> ``first_name``), so templates stay readable whatever the spreadsheet did.
@@ -6,46 +11,91 @@ Row keys are the header names, stripped, lower-cased, with inner spaces as under
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import string
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 
-from dispatch.abc import Strategy
+from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
 from dispatch.record import Record
 
-__all__ = ["CsvStrategy", "RowMapper"]
+from ._csvfile import Chunk, CsvFile, header_key
+from ._csvwrite import FileWriteBack, ResultsFile, WriteBack, WriteBackError, neutralize
+
+__all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]
 
 logger = logging.getLogger(__name__)
 
 RowMapper = Callable[[dict[str, str], int], Record | None]
-"""``map_row(row, line_no)``: build the row's Record, or return None to skip the row."""
+"""``map_row(row, line_no)``: build the row's Record, or return None to leave the row out."""
 
 _FORMATTER = string.Formatter()
+_ANY = "*"
 
 
 class RowError(ValueError):
     """A row cannot become a record; the message says why."""
 
 
+class _Template:
+    """A ``str.format`` template over a row; a bare ``{column}`` is a plain lookup."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            parts = list(_FORMATTER.parse(text))
+        except ValueError as exc:
+            raise ValueError(f"bad template {text!r}: {exc}") from exc
+        self.text = text
+        self.column: str | None = None
+        if len(parts) == 1:
+            literal, name, spec, conversion = parts[0]
+            if not literal and name and not spec and not conversion and name.isidentifier():
+                self.column = name
+
+    def render(self, row: Mapping[str, str]) -> str:
+        try:
+            if self.column is not None:
+                return row[self.column]
+            return self.text.format_map(row).strip()
+        except KeyError as exc:
+            raise RowError(f"no column {exc.args[0]!r} for template {self.text!r}") from None
+
+    def render_optional(self, row: Mapping[str, str]) -> str | None:
+        return self.render(row) or None
+
+
 class CsvStrategy(Strategy):
-    """Records from the rows of ``path``.
+    """Records from the rows of ``path``, kept in step with the file as people edit it.
 
     Map rows either with templates over the row's fields (``id="{id}"``,
     ``phone="{phone}"``, ``greeting="Hi {first_name}"``, ``metadata={"crm": "{crm_id}"}``) or
-    with ``map_row(row, line_no)``, which may return None to skip a row. By default the id is
-    the ``id`` column, or the phone when there is none, and ``metadata`` is the whole row.
+    with ``map_row(row, line_no)``, which may return None to leave a row out (it must not have
+    side effects: write-back calls it again to find rows by id). By default the id is the ``id``
+    column, or the phone when there is none, and ``metadata`` is the whole row. ``skip_if``
+    leaves out rows whose column holds one of the listed values (case-insensitive; ``"*"``:
+    any non-empty value), e.g. ``{"do_not_call": ["yes", "x"]}``.
 
-    A row that cannot be mapped is logged with its line number and left out; the other rows are
-    unaffected. A missing file (an editor in the middle of an atomic save) yields no records for
-    that poll.
+    A row that cannot be mapped is logged with its line number and yielded as
+    :class:`~dispatch.Malformed` (skipped with reason ``malformed``, ``on_skipped`` called);
+    the other rows are unaffected, and fixing the row gets it dialed. A row whose id repeats an
+    earlier row's in the same read is logged and left out. A missing file (an editor in the
+    middle of an atomic save) yields nothing and removes nothing.
+
+    ``write_back`` writes outcomes into columns of the same file; ``results_path`` appends them
+    to a separate CSV instead (or as well). Either way a failed write is retried from the
+    outbox, so no outcome is lost. ``watch`` follows the file with inotify (``poll_interval``
+    stays the backstop); ``rescan_interval`` re-reads the whole file now and then to catch an
+    edit that left size and time unchanged; ``settle`` is how long a last line without its
+    newline waits before it is taken as finished.
     """
+
+    incremental = True
 
     def __init__(
         self,
@@ -59,129 +109,259 @@ class CsvStrategy(Strategy):
         prompt_vars: Mapping[str, str] | None = None,
         from_: str | None = None,
         timezone: str | None = None,
+        skip_if: Mapping[str, Iterable[str]] | None = None,
         map_row: RowMapper | None = None,
         delimiter: str | None = None,
-        encoding: str = "utf-8-sig",
+        encoding: str = "utf-8",
+        watch: bool = True,
+        settle: float = 1.0,
+        rescan_interval: float = 300.0,
+        write_back: WriteBack | None = None,
+        results_path: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
         super().__init__(name or self.path.stem)
-        self.id_template = id
-        self.phone_template = phone
-        self.greeting_template = greeting
-        self.metadata_templates = dict(metadata) if metadata is not None else None
-        self.prompt_var_templates = dict(prompt_vars or {})
-        self.from_template = from_
-        self.timezone_template = timezone
+        self._id = _Template(id) if id is not None else None
+        self._phone = _Template(phone)
+        self._greeting = _Template(greeting) if greeting is not None else None
+        self._metadata = (
+            {k: _Template(t) for k, t in metadata.items()} if metadata is not None else None
+        )
+        self._prompt_vars = {k: _Template(t) for k, t in (prompt_vars or {}).items()}
+        self._from = _Template(from_) if from_ is not None else None
+        self._timezone = _Template(timezone) if timezone is not None else None
+        self.skip_if = {
+            header_key(column): {v.strip().casefold() for v in values}
+            for column, values in (skip_if or {}).items()
+        }
         self.map_row = map_row
-        self.delimiter = delimiter
-        self.encoding = encoding
-        for template in self._templates():
-            _check_template(template)
-
-    async def poll(self) -> list[Record]:
-        return await anyio.to_thread.run_sync(self.read)
-
-    def read(self) -> list[Record]:
-        """Parse the whole file into records (blocking; ``poll`` runs it in a thread)."""
-        try:
-            text = self.path.read_text(encoding=self.encoding)
-        except FileNotFoundError:
-            logger.warning("csv.missing strategy=%s path=%s", self.name, self.path)
-            return []
-        records: list[Record] = []
-        for line_no, row in self._rows(text):
-            try:
-                record = self.map_row(row, line_no) if self.map_row else self._from_templates(row)
-            except (RowError, ValidationError, ValueError, KeyError) as exc:
-                logger.warning(
-                    "csv.bad_row strategy=%s line=%d reason=%s", self.name, line_no, _brief(exc)
-                )
-                continue
-            if record is not None:
-                records.append(record)
-        return records
-
-    def _rows(self, text: str) -> list[tuple[int, dict[str, str]]]:
-        delimiter = self.delimiter or _sniff(text)
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        header: list[str] | None = None
-        rows: list[tuple[int, dict[str, str]]] = []
-        for fields in reader:
-            if not any(f.strip() for f in fields):
-                continue  # blank line
-            if header is None:
-                header = [_key(f) for f in fields]
-                continue
-            rows.append(
-                (reader.line_num, dict(zip(header, (f.strip() for f in fields), strict=False)))
+        self.watching = watch
+        self.rescan_interval = rescan_interval
+        self.file = CsvFile(self.path, encoding=encoding, delimiter=delimiter, settle=settle)
+        self.write_back = write_back
+        self._own_columns = {header_key(c) for c in write_back.columns()} if write_back else set()
+        self._writer = (
+            FileWriteBack(
+                self.path, write_back, self.row_id, encoding=self.file.encoding, delimiter=delimiter
             )
-        return rows
+            if write_back
+            else None
+        )
+        self._results = ResultsFile(Path(results_path)) if results_path is not None else None
+        self._rows: dict[int, str] = {}  # row fingerprint -> record id ("" if no record)
+        self._header: list[str] | None = None
+        self._last_full = 0.0
+        self._missing = False
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def poll(self) -> list[PollItem]:
+        rescan = time.monotonic() - self._last_full >= self.rescan_interval
+        changed = self.file.changed()  # one stat: cheap enough for the event loop
+        if changed is None:
+            if not self._missing:
+                logger.warning("csv.missing strategy=%s path=%s", self.name, self.path)
+            self._missing = True
+            return []
+        self._missing = False
+        if not changed and not rescan:
+            return []
+        return await anyio.to_thread.run_sync(self.read, rescan)
+
+    def read(self, full: bool = False) -> list[PollItem]:
+        """Read what changed in the file (blocking; ``poll`` runs it in a worker thread).
+
+        Returns new and changed rows as records (or :class:`~dispatch.Malformed`) and, after
+        a rewrite, :class:`~dispatch.Removed` for rows that are gone. ``full`` re-reads the
+        whole file even if it looks unchanged.
+        """
+        chunk = self.file.read(force_full=full)
+        if chunk is None:
+            return []
+        if chunk.full:
+            self._last_full = time.monotonic()
+        return self._apply(chunk)
+
+    def _apply(self, chunk: Chunk) -> list[PollItem]:
+        header = chunk.header
+        own = [i for i, key in enumerate(header) if key in self._own_columns]
+        signature = [k for i, k in enumerate(header) if i not in own]
+        old = self._rows
+        # A rewrite is diffed against the previous read by row fingerprint (our own write-back
+        # columns left out); under another header every row counts as changed.
+        unchanged = old if chunk.full and signature == self._header else {}
+        if chunk.full:
+            self._rows = {}
+        self._header = signature
+        rows = self._rows
+        items: list[PollItem] = []
+        mapped: set[str] = set()
+        for line, fields in chunk.rows:
+            key = (
+                tuple(fields) if not own else tuple(f for i, f in enumerate(fields) if i not in own)
+            )
+            fingerprint = hash(key)
+            if fingerprint in rows:
+                continue  # the same row twice
+            known = unchanged.get(fingerprint)
+            if known is not None:
+                rows[fingerprint] = known
+                continue
+            item = self._map(header, line, fields)
+            record_id = "" if item is None else item.id
+            if record_id and record_id in mapped:
+                logger.warning(
+                    "csv.duplicate_id strategy=%s line=%d record=%s (an earlier row has this id;"
+                    " this one is left out)",
+                    self.name,
+                    line,
+                    record_id,
+                )
+                record_id, item = "", None
+            rows[fingerprint] = record_id
+            if item is not None:
+                mapped.add(record_id)
+                items.append(item)
+        if chunk.full:
+            gone = set(old.values()) - set(rows.values())
+            gone.discard("")
+            items.extend(Removed(record_id) for record_id in gone)
+        return items
+
+    def _map(self, header: list[str], line: int, fields: list[str]) -> Record | Malformed | None:
+        row = dict(zip(header, map(str.strip, fields), strict=False))
+        for key in header[len(fields) :]:
+            row[key] = ""  # spreadsheets drop trailing empty cells
+        if self.skip_if and self._skipped(row):
+            return None
+        try:
+            return self.map_row(row, line) if self.map_row else self._from_templates(row)
+        except Exception as exc:  # a bad row, or a bug in map_row: that row only
+            detail = f"line {line}: {_brief(exc)}"
+            record_id = self._safe_id(row, line) or f"line:{line}"
+            logger.warning(
+                "csv.bad_row strategy=%s line=%d record=%s reason=%s",
+                self.name,
+                line,
+                record_id,
+                _brief(exc),
+            )
+            return Malformed(record_id, detail, phone=row.get("phone", ""), line=line)
+
+    def _skipped(self, row: Mapping[str, str]) -> bool:
+        for column, values in self.skip_if.items():
+            value = row.get(column, "").casefold()
+            if value in values or (value and _ANY in values):
+                return True
+        return False
 
     def _from_templates(self, row: dict[str, str]) -> Record:
-        id_template = self.id_template or ("{id}" if "id" in row else self.phone_template)
-        metadata: dict[str, Any] = (
-            {k: _render(t, row) for k, t in self.metadata_templates.items()}
-            if self.metadata_templates is not None
-            else dict(row)
+        id_template = self._id or (_ID if "id" in row else self._phone)
+        record_id = id_template.render(row)
+        if not record_id:
+            raise RowError(f"empty id (template {id_template.text!r})")
+        metadata = (
+            {k: t.render(row) for k, t in self._metadata.items()}
+            if self._metadata is not None
+            else row
         )
         return Record(
-            id=_render(id_template, row),
-            phone=_render(self.phone_template, row),
-            greeting=_render_optional(self.greeting_template, row),
+            id=record_id,
+            phone=self._phone.render(row),
+            greeting=self._greeting.render_optional(row) if self._greeting else None,
             metadata=metadata,
-            prompt_vars={k: _render(t, row) for k, t in self.prompt_var_templates.items()},
-            from_=_render_optional(self.from_template, row),
-            timezone=_render_optional(self.timezone_template, row),
+            prompt_vars={k: t.render(row) for k, t in self._prompt_vars.items()},
+            from_=self._from.render_optional(row) if self._from else None,
+            timezone=self._timezone.render_optional(row) if self._timezone else None,
         )
 
-    def _templates(self) -> list[str]:
-        optional = [self.id_template, self.greeting_template, self.from_template]
-        optional.append(self.timezone_template)
-        return [
-            self.phone_template,
-            *(t for t in optional if t is not None),
-            *(self.metadata_templates or {}).values(),
-            *self.prompt_var_templates.values(),
-        ]
+    def row_id(self, row: dict[str, str], line: int) -> str | None:
+        """The record id a row maps to, or None if it maps to no record."""
+        if self.map_row is not None:
+            record = self.map_row(row, line)
+            return record.id if record is not None else None
+        template = self._id or (_ID if "id" in row else self._phone)
+        return template.render(row) or None
+
+    def _safe_id(self, row: dict[str, str], line: int) -> str | None:
+        try:
+            return self.row_id(row, line)
+        except Exception:
+            return None
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        if not self.watching:
+            return
+        from watchfiles import awatch  # imported here: only a watching strategy pays for it
+
+        name = self.path.name
+
+        def ours(_change: object, path: str) -> bool:
+            return Path(path).name == name
+
+        directory = self.path.parent.resolve()
+        # The watcher blocks in a worker thread, which a cancellation cannot interrupt; the
+        # stop event can, so set it the moment this task is cancelled.
+        stop = anyio.Event()
+
+        async def follow() -> None:
+            async for _ in awatch(
+                directory,
+                watch_filter=ours,
+                debounce=400,
+                step=10,
+                recursive=False,
+                stop_event=stop,
+            ):
+                self.poll_now()
+
+        logger.info("csv.watching strategy=%s path=%s", self.name, self.path)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop.set()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
+        if self._writer is not None or self._results is not None:
+            status, call_id = _status(callback, args)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            if self._writer is not None:
+                assert self.write_back is not None
+                cells = {self.write_back.status_column: status}
+                if self.write_back.call_id_column and call_id:
+                    cells[self.write_back.call_id_column] = call_id
+                if self.write_back.time_column:
+                    cells[self.write_back.time_column] = at
+                await self._writer.update(record.id, cells)
+            if self._results is not None:
+                event = callback.removeprefix("on_")
+                values = {"event": event, "status": status, "call_id": call_id, "at": at}
+                await self._results.update(record.id, values)
+        await super().deliver(callback, record, *args)
 
     def __repr__(self) -> str:
         return f"CsvStrategy(name={self.name!r}, path={str(self.path)!r})"
 
 
-def _key(header: str) -> str:
-    return "_".join(header.strip().lower().split())
+_ID = _Template("{id}")
 
 
-def _sniff(text: str) -> str:
-    sample = text[:8192]
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t").delimiter
-    except csv.Error:
-        return ","
-
-
-def _check_template(template: str) -> None:
-    try:
-        list(_FORMATTER.parse(template))
-    except ValueError as exc:
-        raise ValueError(f"bad template {template!r}: {exc}") from exc
-
-
-def _render(template: str, row: Mapping[str, str]) -> str:
-    try:
-        value = template.format_map(row)
-    except KeyError as exc:
-        raise RowError(f"no column {exc.args[0]!r} for template {template!r}") from None
-    return value.strip()
-
-
-def _render_optional(template: str | None, row: Mapping[str, str]) -> str | None:
-    if template is None:
-        return None
-    return _render(template, row) or None
+def _status(callback: CallbackName, args: tuple[str, ...]) -> tuple[str, str]:
+    """The status cell and call id for an outcome."""
+    if callback == "on_dispatched":
+        return "dispatched", args[0]
+    if callback == "on_completed":
+        return f"completed: {args[1]}", args[0]
+    return f"{callback.removeprefix('on_')}: {args[0]}", ""
 
 
 def _brief(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return str(exc)
+    return str(exc) or type(exc).__name__

@@ -59,6 +59,7 @@ class KnownRecord:
     attempts: int
     retry_at: datetime | None = None  # for `retry` records: not before this time
     reason: str | None = None  # the skip reason, for skipped records
+    phone: str | None = None  # the phone as skipped, for skipped records
 
     @property
     def skipped_for_content(self) -> bool:
@@ -185,6 +186,7 @@ class Store:
             records.c.attempts,
             records.c.retry_at,
             records.c.reason,
+            records.c.phone,
         )
         async with self.engine.connect() as conn:
             result = await conn.stream(query)
@@ -193,7 +195,7 @@ class Store:
                     RecordState(row.state),
                     row.attempts,
                     row.retry_at,
-                    row.reason if row.state == RecordState.SKIPPED else None,
+                    *((row.reason, row.phone) if row.state == RecordState.SKIPPED else ()),
                 )
                 async for row in result
             }

@@ -209,3 +209,25 @@ async def test_a_full_snapshot_strategy_does_not_revisit_skipped_records(sqlite_
 
     assert agent.dials == []
     assert source.events == [("skipped", "r1", "invalid_phone")]
+
+
+async def test_a_record_still_broken_after_a_restart_is_not_reported_again(
+    sqlite_url: str,
+) -> None:
+    def broken() -> ChangeFeed:
+        return ChangeFeed(rec("r1", "12"), Malformed("r2", "no column 'phone'", line=3))
+
+    first = broken()
+    with anyio.fail_after(10):
+        await make_hub(sqlite_url, ScriptedAgent(), first, exit_when_done=True).run()
+    assert [e[:3] for e in first.events] == [
+        ("skipped", "r1", "invalid_phone"),
+        ("skipped", "r2", "malformed"),
+    ]
+
+    again = broken()
+    hub = make_hub(sqlite_url, ScriptedAgent(), again, exit_when_done=True)
+    with anyio.fail_after(10):
+        await hub.run()
+    assert again.events == []
+    assert hub.statistics().already_handled == 2

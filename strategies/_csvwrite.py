@@ -1,0 +1,242 @@
+"""Writing outcomes back: into the operator's CSV (merged, never clobbering an edit) or into a
+sidecar results file.
+
+The merge re-reads the file, sets only our cells in the rows of the records concerned, writes a
+temporary file beside it, and atomically replaces the original, but only if the file has not
+changed since it was read (else it starts over). Updates that arrive while a write is running
+go together into the next one, so a busy campaign rewrites a large file once per batch, not
+once per call. Every cell we write is neutralised against formula injection.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from dispatch.errors import DispatchError
+
+from ._csvfile import FileStamp, header_key, sniff_delimiter
+
+__all__ = ["ResultsFile", "WriteBack", "WriteBackError", "neutralize"]
+
+logger = logging.getLogger("strategies.csv")
+
+_BOM = b"\xef\xbb\xbf"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+RowId = Callable[[dict[str, str], int], str | None]
+
+
+class WriteBackError(DispatchError):
+    """An outcome could not be written to the CSV (the delivery is retried from the outbox)."""
+
+
+def neutralize(value: str) -> str:
+    """A cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first)
+    gets a leading apostrophe, which spreadsheets show as text (OWASP's advice)."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBack:
+    """Which columns of the operator's CSV receive outcomes; absent columns are appended.
+
+    ``status_column`` gets ``dispatched``, ``completed: <reason>``, ``failed: <error>`` or
+    ``skipped: <reason>``; ``call_id_column`` the platform's call id; ``time_column`` the UTC
+    time the outcome was written.
+    """
+
+    status_column: str = "dispatch_status"
+    call_id_column: str | None = None
+    time_column: str | None = None
+    attempts: int = 5  # tries when the file keeps changing under us
+
+    def columns(self) -> list[str]:
+        named = [self.status_column, self.call_id_column, self.time_column]
+        return [c for c in named if c]
+
+
+@dataclass(slots=True)
+class _Batch:
+    cells: dict[str, dict[str, str]] = field(default_factory=dict)  # record id -> column -> value
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
+
+
+class _Coalescer:
+    """One write at a time; updates made meanwhile share the next write."""
+
+    def __init__(self) -> None:
+        self._open = _Batch()
+        self._lock = anyio.Lock()
+
+    async def update(self, record_id: str, cells: Mapping[str, str]) -> None:
+        batch = self._open
+        batch.cells.setdefault(record_id, {}).update(cells)
+        async with self._lock:
+            if not batch.done.is_set():
+                self._open = _Batch()  # later updates go to the next write
+                try:
+                    await anyio.to_thread.run_sync(self._write, batch.cells)
+                except Exception as exc:
+                    batch.error = exc
+                batch.done.set()
+        if batch.error is not None:
+            raise WriteBackError(f"{type(batch.error).__name__}: {batch.error}") from batch.error
+
+    def _write(self, cells: dict[str, dict[str, str]]) -> None:
+        raise NotImplementedError
+
+
+class FileWriteBack(_Coalescer):
+    """Merges outcome cells into the CSV at ``path``, found by record id (``row_id``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        spec: WriteBack,
+        row_id: RowId,
+        *,
+        encoding: str,
+        delimiter: str | None,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self.spec = spec
+        self.row_id = row_id
+        self.encoding = encoding
+        self.delimiter = delimiter
+
+    def _write(self, cells: dict[str, dict[str, str]]) -> None:
+        for _ in range(self.spec.attempts):
+            with open(self.path, "rb") as f:
+                before = FileStamp.of(os.fstat(f.fileno()))
+                data = f.read()
+            merged, missing = self._merge(data, cells)
+            if missing:
+                logger.warning(
+                    "csv.write_back_unmatched path=%s records=%s (no row with that id)",
+                    self.path,
+                    ",".join(sorted(missing)),
+                )
+            if merged is None:
+                return
+            if self._replace(merged, before):
+                return
+            logger.info("csv.write_back_retry path=%s (the file changed while merging)", self.path)
+        raise WriteBackError(f"{self.path} kept changing over {self.spec.attempts} attempts")
+
+    def _merge(
+        self, data: bytes, cells: dict[str, dict[str, str]]
+    ) -> tuple[bytes | None, set[str]]:
+        bom = data.startswith(_BOM)
+        text = data[len(_BOM) if bom else 0 :].decode(self.encoding, errors="surrogateescape")
+        delimiter = self.delimiter or sniff_delimiter(text)
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        for fields in reader:
+            rows.append(fields)
+            lines.append(reader.line_num)
+        head = next((i for i, r in enumerate(rows) if any(f.strip() for f in r)), None)
+        if head is None:
+            return None, set(cells)
+        header = rows[head]
+        keys = [header_key(h) for h in header]
+        for column in self.spec.columns():
+            if header_key(column) not in keys:
+                header.append(column)
+                keys.append(header_key(column))
+        index = {k: i for i, k in enumerate(keys)}
+        missing = set(cells)
+        for number in range(head + 1, len(rows)):
+            fields = rows[number]
+            if not any(f.strip() for f in fields):
+                continue
+            row = dict(zip(keys, (f.strip() for f in fields), strict=False))
+            record_id = self.row_id(row, lines[number - 1] + 1)
+            if record_id is None or record_id not in cells:
+                continue
+            missing.discard(record_id)
+            fields.extend([""] * (len(keys) - len(fields)))
+            for column, value in cells[record_id].items():
+                fields[index[header_key(column)]] = neutralize(value)
+        if missing == set(cells):
+            return None, missing
+        crlf = "\r\n" in text[:65536]
+        out = io.StringIO(newline="")
+        csv.writer(out, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n").writerows(
+            rows
+        )
+        merged = out.getvalue()
+        if not text.endswith(("\n", "\r")):
+            merged = merged.rstrip("\r\n")
+        return (_BOM if bom else b"") + merged.encode(self.encoding, "surrogateescape"), missing
+
+    def _replace(self, content: bytes, before: FileStamp) -> bool:
+        """Atomically put ``content`` in place of the file, unless it changed since ``before``."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.dispatch-tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                return False  # mid-save by someone else: read again
+            if FileStamp.of(now) != before:
+                return False
+            os.chmod(tmp, now.st_mode & 0o7777)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+        return True
+
+
+class ResultsFile(_Coalescer):
+    """A sidecar CSV of outcomes, appended to: ``record_id,event,status,call_id,at``.
+
+    Delivery is at least once, so a crash can repeat a line: read it keyed by
+    ``(record_id, event)``.
+    """
+
+    HEADER = ("record_id", "event", "status", "call_id", "at")
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def _write(self, cells: dict[str, dict[str, str]]) -> None:
+        out = io.StringIO(newline="")
+        writer = csv.writer(out, lineterminator="\n")
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            writer.writerow(self.HEADER)
+        for record_id, values in cells.items():
+            writer.writerow(
+                [neutralize(record_id), *(neutralize(values[c]) for c in self.HEADER[1:])]
+            )
+        with open(self.path, "a", encoding="utf-8", newline="") as f:
+            f.write(out.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
