@@ -1,6 +1,16 @@
-"""CSV: first read of an N-row file into records, and a poll of the unchanged file.
+"""CSV: first read, unchanged-file poll, full rescan, append pickup latency, memory.
 
-python -m bench.csv_read --rows 200000       # default; 1000000 for the full figure
+python -m bench.csv_read                 # 1,000,000 rows (about 45 s)
+python -m bench.csv_read --rows 200000   # quicker
+
+Figures:
+- first read: a fresh CsvStrategy reads the whole file into records (rows/s);
+- unchanged poll: ``await strategy.poll()`` on the file it has read (one ``stat``);
+- rescan: the periodic full re-read of the unchanged file (parse + diff, nothing yielded);
+- pickup: a hub runs on the file with every existing row already done (``skip_if``), the
+  watcher on; 100 rows are appended; time from the end of the write to the 100th dial;
+- memory: what the strategy keeps after the first read (tracemalloc), and the peak while
+  reading (the records it returns included).
 """
 
 from __future__ import annotations
@@ -9,38 +19,156 @@ import argparse
 import statistics
 import tempfile
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+
+from bench.hub_throughput import InstantAgent
+from dispatch import DialRequest, DispatchHub
+from dispatch.abc import Call
 from strategies import CsvStrategy
 
+HEADER = "id,phone,first_name,company,plan,done\n"
 
-def write(path: Path, rows: int) -> None:
+
+def line(n: int, done: str = "") -> str:
+    return f"lead-{n},+1415{5550000 + n % 9_000_000:07d},Ada,Lovelace Labs,pro,{done}\n"
+
+
+def write(path: Path, rows: int, done: str = "") -> None:
     with path.open("w") as f:
-        f.write("id,phone,first_name,company,plan\n")
-        for n in range(rows):
-            f.write(f"lead-{n},+1415{5550000 + n % 9_000_000:07d},Ada,Lovelace Labs,pro\n")
+        f.write(HEADER)
+        f.writelines(line(n, done) for n in range(rows))
+
+
+def strategy(path: Path, **options: object) -> CsvStrategy:
+    return CsvStrategy(
+        path,
+        greeting="Hi {first_name}",
+        metadata={"plan": "{plan}", "company": "{company}"},
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def spread(values: list[float], unit: str, scale: float = 1.0, fmt: str = ",.0f") -> str:
+    v = sorted(x * scale for x in values)
+    return f"{statistics.median(v):{fmt}} {unit} ({v[0]:{fmt}}-{v[-1]:{fmt}})"
+
+
+def first_reads(path: Path, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        fresh = strategy(path)
+        start = time.perf_counter()
+        items = fresh.read()
+        times.append(time.perf_counter() - start)
+        del items
+    return times
+
+
+async def unchanged_polls(path: Path, polls: int) -> tuple[list[float], list[float]]:
+    s = strategy(path)
+    s.read()
+    times = []
+    for _ in range(polls):
+        start = time.perf_counter()
+        assert await s.poll() == []
+        times.append(time.perf_counter() - start)
+    rescans = []
+    for _ in range(3):
+        start = time.perf_counter()
+        assert s.read(full=True) == []
+        rescans.append(time.perf_counter() - start)
+    return times, rescans
+
+
+def memory(path: Path) -> tuple[float, float]:
+    tracemalloc.start()
+    s = strategy(path)
+    items = s.read()
+    peak = tracemalloc.get_traced_memory()[1]
+    del items
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del s
+    return kept / 2**20, peak / 2**20
+
+
+class TimedAgent(InstantAgent):
+    def __init__(self) -> None:
+        self.dials = 0
+        self.target = 0
+        self.reached: Callable[[], None] | None = None
+
+    async def dial(self, request: DialRequest) -> Call:
+        self.dials += 1
+        if self.dials == self.target and self.reached is not None:
+            self.reached()
+        return await super().dial(request)
+
+
+async def pickup(path: Path, tmp: Path, rows: int, runs: int) -> list[float]:
+    agent = TimedAgent()
+    source = strategy(path, skip_if={"done": ["x"]})
+    hub = DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=f"sqlite:///{tmp / 'pickup.db'}",
+        poll_interval=3600,
+        max_concurrent=1000,
+    )
+    latencies = []
+    async with hub:
+        await _wait_for(lambda: source.file.offset > 0)  # the first read is done
+        await anyio.sleep(0.5)  # let the watcher start
+        for run in range(runs):
+            done = anyio.Event()
+            agent.target = agent.dials + 100
+            agent.reached = done.set
+            text = "".join(line(rows + run * 100 + n) for n in range(100))
+            with path.open("a") as f:
+                f.write(text)
+            start = time.perf_counter()
+            with anyio.fail_after(30):
+                await done.wait()
+            latencies.append(time.perf_counter() - start)
+            await anyio.sleep(0.2)  # let the calls settle before the next append
+        hub.stop()
+    return latencies
+
+
+async def _wait_for(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(300):
+        while not predicate():
+            await anyio.sleep(0.05)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "leads.csv"
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        path = tmp / "leads.csv"
         write(path, args.rows)
-        size = path.stat().st_size / 1024 / 1024
-        strategy = CsvStrategy(path, greeting="Hi {first_name}", metadata={"plan": "{plan}"})
-        times = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            records = strategy.read()
-            times.append(time.perf_counter() - start)
-        assert len(records) == args.rows
-    first = statistics.median(times)
-    print(f"csv: {args.rows:,} rows ({size:.0f} MB), median of {args.runs} reads")
-    print(f"  full read into records: {first:.2f} s = {args.rows / first:,.0f} rows/s")
-    print(f"  poll of the unchanged file: {first * 1000:,.0f} ms (this version re-reads the file)")
+        size = path.stat().st_size / 2**20
+        reads = first_reads(path, args.runs)
+        polls, rescans = anyio.run(unchanged_polls, path, 200)
+        kept, peak = memory(path)
+        done = tmp / "done.csv"
+        write(done, args.rows, done="x")
+        path.unlink()
+        latencies = anyio.run(pickup, done, tmp, args.rows, 5)
+    print(f"csv: {args.rows:,} rows ({size:.0f} MB); median (min-max)")
+    rates = [args.rows / t for t in reads]
+    print(f"  first read into records     {spread(rates, 'rows/s')}  [{args.runs} runs]")
+    print(f"  poll of the unchanged file  {spread(polls, 'us', 1e6, ',.1f')}  [200 polls]")
+    print(f"  full rescan, nothing new    {spread(rescans, 's', 1, '.2f')}  [3 runs]")
+    print(f"  append 100 -> 100th dial    {spread(latencies, 'ms', 1e3, ',.1f')}  [5 runs]")
+    print(f"  memory kept by the strategy {kept:,.0f} MB (peak while reading {peak:,.0f} MB)")
 
 
 if __name__ == "__main__":

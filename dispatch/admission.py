@@ -57,7 +57,7 @@ class Admission:
         except InvalidPhone as exc:
             return Skip(SkipReason.INVALID_PHONE, exc.reason)
         if phone != record.phone:
-            record = record.model_copy(update={"phone": phone})
+            record = record.replace(phone=phone)
         now = self.clock.now()
         if record.not_after is not None and record.not_after <= now:
             return Skip(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InvalidPhone
 
@@ -22,35 +23,100 @@ _PARSE_ERRORS = {
 }
 
 
-class Record(BaseModel):
+@dataclass(frozen=True, slots=True, init=False)
+class Record:
     """One person to call. Frozen; identity is ``(strategy name, id)``.
 
     ``phone`` is kept as the source gave it; the hub normalises it to E.164 once, at intake, and
     skips the record with reason ``invalid_phone`` when it cannot. The records handed to
     callbacks after intake carry the normalised phone.
+
+    A slotted frozen dataclass whose constructor is written out: a campaign builds and holds a
+    record per person (a million for a big CSV), so it is kept small (about half a kilobyte)
+    and quick to build (about 1 us, where the generated frozen ``__init__`` takes twice that).
     """
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
-
-    id: str = Field(min_length=1, description="Unique within its strategy.")
-    phone: str = Field(description="Destination; E.164 after intake.")
+    id: str  # unique within its strategy
+    phone: str  # destination; E.164 after intake
     greeting: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    prompt_vars: dict[str, Any] = Field(default_factory=dict)
-    from_: str | None = Field(default=None, alias="from", description="Caller id override.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Per-call agent override.")
+    metadata: dict[str, Any] = field(default_factory=dict)
+    prompt_vars: dict[str, Any] = field(default_factory=dict)
+    from_: str | None = None  # caller id override
+    config: dict[str, Any] = field(default_factory=dict)  # per-call agent override
     not_before: datetime | None = None
     not_after: datetime | None = None
     timezone: str | None = None
     priority: int = 0
 
-    @field_validator("not_before", "not_after")
+    def __init__(
+        self,
+        *,
+        id: str,
+        phone: str,
+        greeting: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        prompt_vars: dict[str, Any] | None = None,
+        from_: str | None = None,
+        config: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        timezone: str | None = None,
+        priority: int = 0,
+    ) -> None:
+        if type(id) is not str or not id:
+            raise ValueError(f"record id must be a non-empty string, not {id!r}")
+        if type(phone) is not str:
+            raise TypeError(f"record {id}: phone must be a string, not {phone!r}")
+        if not_before is not None:
+            not_before = _aware(id, "not_before", not_before)
+        if not_after is not None:
+            not_after = _aware(id, "not_after", not_after)
+        # Slot setters called directly: a frozen dataclass forbids plain assignment.
+        _SET["id"](self, id)
+        _SET["phone"](self, phone)
+        _SET["greeting"](self, greeting)
+        _SET["metadata"](self, {} if metadata is None else metadata)
+        _SET["prompt_vars"](self, {} if prompt_vars is None else prompt_vars)
+        _SET["from_"](self, from_)
+        _SET["config"](self, {} if config is None else config)
+        _SET["not_before"](self, not_before)
+        _SET["not_after"](self, not_after)
+        _SET["timezone"](self, timezone)
+        _SET["priority"](self, priority)
+
+    def replace(self, **changes: Any) -> Record:
+        """A copy with ``changes`` applied (and checked)."""
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601), read back by :meth:`from_json`."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("not_before", "not_after"):
+            if data[name] is not None:
+                data[name] = data[name].isoformat()
+        return data
+
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        # A naive time is taken as UTC so comparisons never mix naive and aware values.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        values = dict(data)
+        if "from" in values:  # written by versions that used the alias
+            values["from_"] = values.pop("from")
+        for name in ("not_before", "not_after"):
+            if isinstance(values.get(name), str):
+                values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+
+_SET: dict[str, Callable[[Record, Any], None]] = {
+    f.name: Record.__dict__[f.name].__set__ for f in fields(Record)
+}
+
+
+def _aware(record_id: str, name: str, value: datetime) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"record {record_id}: {name} must be a datetime, not {value!r}")
+    # A naive time is taken as UTC so comparisons never mix naive and aware values.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def normalize_phone(raw: str, region: str | None = None) -> str:

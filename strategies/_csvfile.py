@@ -46,7 +46,8 @@ class Chunk:
     Otherwise the rows are the new ones appended since the previous read.
     """
 
-    rows: list[tuple[int, list[str]]]  # (line number where the row starts, fields)
+    rows: list[list[str]]  # the fields of each row
+    lines: list[int]  # the line where each row starts
     full: bool
     header: list[str]
 
@@ -162,10 +163,11 @@ class CsvFile:
         text = data[start:end].decode(self.encoding, errors="replace")
         if full and self.configured_delimiter is None:
             self.delimiter = sniff_delimiter(text)
-        rows, consumed_lines, last_lines = self._rows(text)
+        rows, lines, consumed_lines, last_lines = self._rows(text)
         if rows and not settled and _open_quote(text, last_lines):
             # The writer is in the middle of a quoted field that spans lines: wait for it.
             rows.pop()
+            lines.pop()
             consumed_lines -= last_lines
             end = _start_of_last_lines(data, start, end, last_lines)
         self.held_back = end < len(data)
@@ -176,26 +178,32 @@ class CsvFile:
             self._head = data[:_CHECK] if full else self._read_head()
         tail_from = max(start, end - _CHECK)
         self._tail = data[tail_from:end] if end - tail_from == _CHECK or full else self._read_tail()
-        return Chunk(rows, full, self.header)
+        return Chunk(rows, lines, full, self.header)
 
-    def _rows(self, text: str) -> tuple[list[tuple[int, list[str]]], int, int]:
-        """Parse ``text``; return the rows (after the header), the physical lines consumed and
-        how many lines the last row spans."""
+    def _rows(self, text: str) -> tuple[list[list[str]], list[int], int, int]:
+        """Parse ``text``: the rows after the header, the line each starts on, the physical
+        lines consumed and how many of them the last row spans. The hot loop of a read."""
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
-        rows: list[tuple[int, list[str]]] = []
-        before = 0
         base = self.lines
-        append = rows.append
-        for fields in reader:
-            line = reader.line_num
-            if not self.header:
+        before = 0  # lines consumed before the current row
+        if not self.header:
+            for fields in reader:
+                before = reader.line_num
                 if any(f.strip() for f in fields):
                     self.raw_header = fields
                     self.header = [header_key(f) for f in fields]
-            elif any(fields) and any(f.strip() for f in fields):
-                append((base + before + 1, fields))
-            before = line
-        return rows, before, before - (rows[-1][0] - base - 1) if rows else 0
+                    break
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        add_row, add_line = rows.append, lines.append
+        last_start = 0
+        for fields in reader:
+            if fields and (fields[0].strip() or "".join(fields).strip()):  # not a blank line
+                add_row(fields)
+                add_line(base + before + 1)
+                last_start = before
+            before = reader.line_num
+        return rows, lines, before, before - last_start if rows else 0
 
     def _read_head(self) -> bytes:
         with open(self.path, "rb") as f:

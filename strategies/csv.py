@@ -11,21 +11,22 @@ Row keys are the header names, stripped, lower-cased, with inner spaces as under
 
 from __future__ import annotations
 
+import gc
 import logging
-import string
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
-from pydantic import ValidationError
 
 from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
 from dispatch.record import Record
 
 from ._csvfile import Chunk, CsvFile, header_key
+from ._csvmap import Bound, Templates, skip_values
 from ._csvwrite import FileWriteBack, ResultsFile, WriteBack, WriteBackError, neutralize
 
 __all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]
@@ -34,40 +35,6 @@ logger = logging.getLogger(__name__)
 
 RowMapper = Callable[[dict[str, str], int], Record | None]
 """``map_row(row, line_no)``: build the row's Record, or return None to leave the row out."""
-
-_FORMATTER = string.Formatter()
-_ANY = "*"
-
-
-class RowError(ValueError):
-    """A row cannot become a record; the message says why."""
-
-
-class _Template:
-    """A ``str.format`` template over a row; a bare ``{column}`` is a plain lookup."""
-
-    def __init__(self, text: str) -> None:
-        try:
-            parts = list(_FORMATTER.parse(text))
-        except ValueError as exc:
-            raise ValueError(f"bad template {text!r}: {exc}") from exc
-        self.text = text
-        self.column: str | None = None
-        if len(parts) == 1:
-            literal, name, spec, conversion = parts[0]
-            if not literal and name and not spec and not conversion and name.isidentifier():
-                self.column = name
-
-    def render(self, row: Mapping[str, str]) -> str:
-        try:
-            if self.column is not None:
-                return row[self.column]
-            return self.text.format_map(row).strip()
-        except KeyError as exc:
-            raise RowError(f"no column {exc.args[0]!r} for template {self.text!r}") from None
-
-    def render_optional(self, row: Mapping[str, str]) -> str | None:
-        return self.render(row) or None
 
 
 class CsvStrategy(Strategy):
@@ -121,19 +88,18 @@ class CsvStrategy(Strategy):
     ) -> None:
         self.path = Path(path)
         super().__init__(name or self.path.stem)
-        self._id = _Template(id) if id is not None else None
-        self._phone = _Template(phone)
-        self._greeting = _Template(greeting) if greeting is not None else None
-        self._metadata = (
-            {k: _Template(t) for k, t in metadata.items()} if metadata is not None else None
+        self.templates = Templates(
+            id=id,
+            phone=phone,
+            greeting=greeting,
+            metadata=dict(metadata) if metadata is not None else None,
+            prompt_vars=dict(prompt_vars or {}),
+            from_=from_,
+            timezone=timezone,
+            skip_if=skip_values(skip_if),
         )
-        self._prompt_vars = {k: _Template(t) for k, t in (prompt_vars or {}).items()}
-        self._from = _Template(from_) if from_ is not None else None
-        self._timezone = _Template(timezone) if timezone is not None else None
-        self.skip_if = {
-            header_key(column): {v.strip().casefold() for v in values}
-            for column, values in (skip_if or {}).items()
-        }
+        self.templates.check()
+        self._bound: Bound | None = None
         self.map_row = map_row
         self.watching = watch
         self.rescan_interval = rescan_interval
@@ -175,20 +141,27 @@ class CsvStrategy(Strategy):
         a rewrite, :class:`~dispatch.Removed` for rows that are gone. ``full`` re-reads the
         whole file even if it looks unchanged.
         """
-        chunk = self.file.read(force_full=full)
-        if chunk is None:
-            return []
-        if chunk.full:
-            self._last_full = time.monotonic()
-        return self._apply(chunk)
+        # A first read builds a million long-lived objects; the cyclic GC would walk the
+        # growing heap again and again meanwhile (half the time). None of them form cycles.
+        with _gc_paused():
+            chunk = self.file.read(force_full=full)
+            if chunk is None:
+                return []
+            if chunk.full:
+                self._last_full = time.monotonic()
+            items = self._apply(chunk)
+            del chunk  # freed before the GC is back, or its first pass walks a million rows
+        return items
 
     def _apply(self, chunk: Chunk) -> list[PollItem]:
         header = chunk.header
         own = [i for i, key in enumerate(header) if key in self._own_columns]
         signature = [k for i, k in enumerate(header) if i not in own]
+        bound = self._bind(header)
         old = self._rows
         # A rewrite is diffed against the previous read by row fingerprint (our own write-back
-        # columns left out); under another header every row counts as changed.
+        # columns left out); under another header every row counts as changed. Rows found
+        # unchanged are popped from `old`, so what is left there afterwards is gone or changed.
         unchanged = old if chunk.full and signature == self._header else {}
         if chunk.full:
             self._rows = {}
@@ -196,20 +169,19 @@ class CsvStrategy(Strategy):
         rows = self._rows
         items: list[PollItem] = []
         mapped: set[str] = set()
-        for line, fields in chunk.rows:
-            key = (
+        for line, fields in zip(chunk.lines, chunk.rows, strict=True):
+            fingerprint = hash(
                 tuple(fields) if not own else tuple(f for i, f in enumerate(fields) if i not in own)
             )
-            fingerprint = hash(key)
             if fingerprint in rows:
                 continue  # the same row twice
-            known = unchanged.get(fingerprint)
+            known = unchanged.pop(fingerprint, None)
             if known is not None:
                 rows[fingerprint] = known
                 continue
-            item = self._map(header, line, fields)
+            item = self._map(bound, line, fields)
             record_id = "" if item is None else item.id
-            if record_id and record_id in mapped:
+            if record_id in mapped and record_id:
                 logger.warning(
                     "csv.duplicate_id strategy=%s line=%d record=%s (an earlier row has this id;"
                     " this one is left out)",
@@ -223,22 +195,27 @@ class CsvStrategy(Strategy):
                 mapped.add(record_id)
                 items.append(item)
         if chunk.full:
-            gone = set(old.values()) - set(rows.values())
-            gone.discard("")
-            items.extend(Removed(record_id) for record_id in gone)
+            gone = {rid for rid in old.values() if rid and rid not in mapped}
+            items.extend(Removed(record_id) for record_id in sorted(gone))
         return items
 
-    def _map(self, header: list[str], line: int, fields: list[str]) -> Record | Malformed | None:
-        row = dict(zip(header, map(str.strip, fields), strict=False))
-        for key in header[len(fields) :]:
-            row[key] = ""  # spreadsheets drop trailing empty cells
-        if self.skip_if and self._skipped(row):
+    def _bind(self, header: list[str]) -> Bound:
+        if self._bound is None or self._bound.header != header:
+            self._bound = self.templates.bind(header)
+        return self._bound
+
+    def _map(self, bound: Bound, line: int, fields: list[str]) -> Record | Malformed | None:
+        cells = list(map(str.strip, fields))
+        if len(cells) < len(bound.header):
+            cells.extend([""] * (len(bound.header) - len(cells)))  # trailing empty cells dropped
+        if bound.skip_if and bound.skipped(cells):
             return None
         try:
-            return self.map_row(row, line) if self.map_row else self._from_templates(row)
+            if self.map_row is not None:
+                return self.map_row(dict(zip(bound.header, cells, strict=False)), line)
+            return bound.record(cells)
         except Exception as exc:  # a bad row, or a bug in map_row: that row only
-            detail = f"line {line}: {_brief(exc)}"
-            record_id = self._safe_id(row, line) or f"line:{line}"
+            record_id = self._safe_id(bound, cells, line) or f"line:{line}"
             logger.warning(
                 "csv.bad_row strategy=%s line=%d record=%s reason=%s",
                 self.name,
@@ -246,46 +223,21 @@ class CsvStrategy(Strategy):
                 record_id,
                 _brief(exc),
             )
-            return Malformed(record_id, detail, phone=row.get("phone", ""), line=line)
-
-    def _skipped(self, row: Mapping[str, str]) -> bool:
-        for column, values in self.skip_if.items():
-            value = row.get(column, "").casefold()
-            if value in values or (value and _ANY in values):
-                return True
-        return False
-
-    def _from_templates(self, row: dict[str, str]) -> Record:
-        id_template = self._id or (_ID if "id" in row else self._phone)
-        record_id = id_template.render(row)
-        if not record_id:
-            raise RowError(f"empty id (template {id_template.text!r})")
-        metadata = (
-            {k: t.render(row) for k, t in self._metadata.items()}
-            if self._metadata is not None
-            else row
-        )
-        return Record(
-            id=record_id,
-            phone=self._phone.render(row),
-            greeting=self._greeting.render_optional(row) if self._greeting else None,
-            metadata=metadata,
-            prompt_vars={k: t.render(row) for k, t in self._prompt_vars.items()},
-            from_=self._from.render_optional(row) if self._from else None,
-            timezone=self._timezone.render_optional(row) if self._timezone else None,
-        )
+            phone = cells[bound.phone_index] if bound.phone_index is not None else ""
+            return Malformed(record_id, f"line {line}: {_brief(exc)}", phone=phone, line=line)
 
     def row_id(self, row: dict[str, str], line: int) -> str | None:
-        """The record id a row maps to, or None if it maps to no record."""
+        """The record id a row (keys as in the header) maps to, or None if it maps to none."""
         if self.map_row is not None:
             record = self.map_row(row, line)
             return record.id if record is not None else None
-        template = self._id or (_ID if "id" in row else self._phone)
-        return template.render(row) or None
+        return self._bind(list(row)).row_id(list(row.values()))
 
-    def _safe_id(self, row: dict[str, str], line: int) -> str | None:
+    def _safe_id(self, bound: Bound, cells: list[str], line: int) -> str | None:
         try:
-            return self.row_id(row, line)
+            if self.map_row is not None:
+                return self.row_id(dict(zip(bound.header, cells, strict=False)), line)
+            return bound.row_id(cells)
         except Exception:
             return None
 
@@ -349,9 +301,6 @@ class CsvStrategy(Strategy):
         return f"CsvStrategy(name={self.name!r}, path={str(self.path)!r})"
 
 
-_ID = _Template("{id}")
-
-
 def _status(callback: CallbackName, args: tuple[str, ...]) -> tuple[str, str]:
     """The status cell and call id for an outcome."""
     if callback == "on_dispatched":
@@ -361,7 +310,16 @@ def _status(callback: CallbackName, args: tuple[str, ...]) -> tuple[str, str]:
     return f"{callback.removeprefix('on_')}: {args[0]}", ""
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _brief(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     return str(exc) or type(exc).__name__

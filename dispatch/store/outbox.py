@@ -36,7 +36,7 @@ class Callback:
     args: tuple[Any, ...] = ()
 
     def row(self, at: datetime) -> dict[str, Any]:
-        payload = {"record": self.record.model_dump(mode="json", by_alias=True), "args": self.args}
+        payload = {"record": self.record.to_json(), "args": self.args}
         return {
             "strategy": self.strategy,
             "record_id": self.record.id,
@@ -57,7 +57,7 @@ class OutboxRow:
 
 def _callback(row: Any) -> Callback:
     payload = json.loads(row.payload)
-    record = Record.model_validate(payload["record"])
+    record = Record.from_json(payload["record"])
     name = cast("CallbackName", row.callback)
     return Callback(row.strategy, name, record, tuple(payload["args"]))
 

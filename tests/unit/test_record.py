@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import ValidationError
 
 from dispatch import InvalidPhone, Record, normalize_phone
 
@@ -37,11 +37,23 @@ def test_invalid_numbers_say_why(raw: str, region: str | None, reason: str) -> N
     assert reason in info.value.reason.lower()
 
 
-def test_record_is_frozen_and_accepts_from_alias() -> None:
-    record = Record(id="r1", phone="+14155552671", **{"from": "+14155550100"})
-    assert record.from_ == "+14155550100"
-    with pytest.raises(ValidationError):
+def test_record_is_frozen_and_round_trips_through_json() -> None:
+    record = Record(
+        id="r1",
+        phone="+14155552671",
+        from_="+14155550100",
+        metadata={"plan": "pro"},
+        not_before=datetime(2026, 1, 1, 12, tzinfo=UTC),
+    )
+    with pytest.raises(AttributeError):
         record.id = "other"  # type: ignore[misc]
+    assert Record.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert record.replace(phone="+14155552672").phone == "+14155552672"
+
+
+def test_records_stored_by_earlier_versions_still_load() -> None:
+    stored = {"id": "r1", "phone": "+14155552671", "from": "+1415", "not_after": None}
+    assert Record.from_json(stored).from_ == "+1415"
 
 
 def test_naive_schedule_times_are_taken_as_utc() -> None:
@@ -50,5 +62,5 @@ def test_naive_schedule_times_are_taken_as_utc() -> None:
 
 
 def test_record_requires_an_id() -> None:
-    with pytest.raises(ValidationError, match="id"):
+    with pytest.raises(ValueError, match="id"):
         Record(id="", phone="+14155552671")
