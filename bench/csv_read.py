@@ -22,12 +22,13 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from bench.hub_throughput import InstantAgent
 from dispatch import DialRequest, DispatchHub
-from dispatch.abc import Call
+from dispatch.abc import Call, PollItem
 from strategies import CsvStrategy
 
 HEADER = "id,phone,first_name,company,plan,done\n"
@@ -96,6 +97,19 @@ def memory(path: Path) -> tuple[float, float]:
     return kept / 2**20, peak / 2**20
 
 
+class FirstPoll(CsvStrategy):
+    """Says when its first poll (the full read) is over."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.polled = anyio.Event()
+
+    async def poll(self) -> list[PollItem]:
+        items = await super().poll()
+        self.polled.set()
+        return items
+
+
 class TimedAgent(InstantAgent):
     def __init__(self) -> None:
         self.dials = 0
@@ -111,7 +125,9 @@ class TimedAgent(InstantAgent):
 
 async def pickup(path: Path, tmp: Path, rows: int, runs: int) -> list[float]:
     agent = TimedAgent()
-    source = strategy(path, skip_if={"done": ["x"]})
+    source = FirstPoll(
+        path, greeting="Hi {first_name}", metadata={"plan": "{plan}"}, skip_if={"done": ["x"]}
+    )
     hub = DispatchHub(
         agent=agent,
         strategies=[source],
@@ -121,7 +137,8 @@ async def pickup(path: Path, tmp: Path, rows: int, runs: int) -> list[float]:
     )
     latencies = []
     async with hub:
-        await _wait_for(lambda: source.file.offset > 0)  # the first read is done
+        with anyio.fail_after(300):
+            await source.polled.wait()
         await anyio.sleep(0.5)  # let the watcher start
         for run in range(runs):
             done = anyio.Event()
@@ -137,12 +154,6 @@ async def pickup(path: Path, tmp: Path, rows: int, runs: int) -> list[float]:
             await anyio.sleep(0.2)  # let the calls settle before the next append
         hub.stop()
     return latencies
-
-
-async def _wait_for(predicate: Callable[[], bool]) -> None:
-    with anyio.fail_after(300):
-        while not predicate():
-            await anyio.sleep(0.05)
 
 
 def main() -> None:
