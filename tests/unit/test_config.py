@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import ConfigError, DispatchHub
+from dispatch import ConfigError, DispatchHub, Record
 from dispatch.config import build_hub, load_settings, store_url
+from strategies import CsvStrategy, WriteBack
 
 MINIMAL = """
 [[strategies]]
@@ -89,3 +90,27 @@ def test_the_default_caller_id_has_a_prefixed_env_override(
     assert load_settings(path).from_ == "+14155550100"
     monkeypatch.setenv("DISPATCH_FROM_", "+14155550199")
     assert load_settings(path).from_ == "+14155550199"
+
+
+@pytest.mark.anyio
+async def test_the_live_csv_options_reach_the_strategy(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        'delimiter = ";"\nwatch = false\nsettle = 0.5\nrescan_interval = 60\n'
+        'results_path = "out/results.csv"\n'
+        '[strategies.skip_if]\ndo_not_call = ["yes"]\n'
+        '[strategies.write_back]\nstatus_column = "Status"\ncall_id_column = "Call"\n'
+    )
+    hub = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)
+    strategy = hub._sources[0].strategy
+    assert isinstance(strategy, CsvStrategy)
+    assert strategy.write_back == WriteBack(status_column="Status", call_id_column="Call")
+    assert (strategy.file.delimiter, strategy.watching, strategy.file.settle) == (";", False, 0.5)
+    assert strategy.rescan_interval == 60
+    (tmp_path / "leads.csv").write_text(
+        "id;phone;Do Not Call\nr1;+14155552671;yes\nr2;+14155552672;\n"
+    )
+    assert [r.id for r in await strategy.poll()] == ["r2"]
+    (tmp_path / "out").mkdir()
+    await strategy.deliver("on_failed", Record(id="r2", phone="+1"), "busy")
+    assert "failed: busy" in (tmp_path / "out" / "results.csv").read_text()
+    assert "Status;Call" in (tmp_path / "leads.csv").read_text()
