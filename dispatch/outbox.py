@@ -89,7 +89,7 @@ class Outbox:
             except StoreError as exc:
                 logger.error("outbox.unreadable error=%s (retrying)", exc)
                 full, next_at = False, self.clock.now() + timedelta(seconds=self.backoff.initial)
-            if finishing:
+            if finishing and not full:  # the last pass goes on while batches come back full
                 pending = await ob.backlog(self.store.engine)
                 if pending[0]:
                     logger.warning(

@@ -259,17 +259,26 @@ class CsvStrategy(Strategy):
         stop = anyio.Event()
 
         async def follow() -> None:
-            async for _ in awatch(
+            # The first (empty) yield after a timeout says the watch is registered: poll once
+            # more then, for anything saved between the first poll and that moment.
+            watching = False
+            async for changes in awatch(
                 directory,
                 watch_filter=ours,
                 debounce=400,
                 step=10,
                 recursive=False,
                 stop_event=stop,
+                rust_timeout=500,
+                yield_on_timeout=True,
             ):
-                self.poll_now()
+                if not watching:
+                    watching = True
+                    logger.info("csv.watching strategy=%s path=%s", self.name, self.path)
+                    self.poll_now()
+                elif changes:
+                    self.poll_now()
 
-        logger.info("csv.watching strategy=%s path=%s", self.name, self.path)
         async with anyio.create_task_group() as tg:
             tg.start_soon(follow)
             try:

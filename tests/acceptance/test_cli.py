@@ -217,3 +217,53 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
         dispatch("history", "-c", "config.toml", "--record", "nobody", cwd=workdir).stdout
         == "no attempts\n"
     )
+
+
+def test_a_row_saved_while_the_daemon_runs_is_dialed_and_written_back(tmp_path: Path) -> None:
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,phone,name\nr1,+14155552601,Ada\n")
+    (tmp_path / "config.toml").write_text(
+        'poll_interval = 3600\n[store]\nurl = "sqlite:///dispatch.db"\n'
+        '[agent]\nkind = "simulated"\nanswered = 1\nno_answer = 0\nbusy = 0\nfailed = 0\n'
+        "time_scale = 0.001\n"
+        '[[strategies]]\nkind = "csv"\npath = "leads.csv"\n'
+        '[strategies.write_back]\nstatus_column = "Status"\n'
+    )
+    process = subprocess.Popen(
+        [DISPATCH, "run", "-c", "config.toml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while text not in "".join(output):
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            assert line, "".join(output)
+            assert time.monotonic() < deadline, "".join(output)
+            output.append(line)
+
+    try:
+        wait_for("call.ended record=r1")
+        wait_for("csv.watching")
+        with leads.open("a") as f:  # the operator saves a new row; the next poll is an hour off
+            f.write("r2,+14155552602,Bob\n")
+        wait_for("call.ended record=r2")
+        deadline = time.monotonic() + 30
+        while leads.read_text().count("completed") < 2:  # written back by the outbox
+            assert time.monotonic() < deadline, leads.read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, "".join(output) + rest
+    assert leads.read_text().splitlines() == [
+        "id,phone,name,Status",
+        "r1,+14155552601,Ada,completed: hangup",
+        "r2,+14155552602,Bob,completed: hangup",
+    ]

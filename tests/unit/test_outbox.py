@@ -205,3 +205,37 @@ async def test_a_callback_that_times_out_is_retried(sqlite_url: str) -> None:
 
     assert [e[0] for e in source.events] == ["try", "try", "dispatched", "completed"]
     assert await outbox_rows(sqlite_url) == [("on_dispatched", 1, 1), ("on_completed", 0, 1)]
+
+
+async def test_the_final_pass_delivers_every_due_callback_not_just_one_batch(
+    sqlite_url: str,
+) -> None:
+    from dispatch import RecordState, SkipReason, Store
+    from dispatch.outbox import Outbox
+    from dispatch.store.outbox import Callback
+
+    source = ListStrategy()
+    clock = ManualClock()
+    store = Store(sqlite_url)
+    await store.open()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            for n in range(5):
+                record = rec(f"r{n}", PHONES[n])
+                await store.skipped(
+                    strategy="list",
+                    record_id=record.id,
+                    phone=record.phone,
+                    state=RecordState.SKIPPED,
+                    reason=SkipReason.EXPIRED,
+                    attempts_made=0,
+                    at=clock.now(),
+                    callback=Callback("list", "on_skipped", record, ("expired",)),
+                )
+            outbox = Outbox(store, {"list": source}, clock=clock, batch=2)
+            outbox.finish()  # as the hub does once its calls are over
+            await outbox.run()
+            store.close()
+    await store.aclose()
+    assert sorted(e[1] for e in source.events) == ["r0", "r1", "r2", "r3", "r4"]
