@@ -20,6 +20,7 @@ _EXPORTS = {
     "Clock": ".clock",
     "ConfigError": ".errors",
     "DialError": ".errors",
+    "DialInterrupted": ".errors",
     "DialRejected": ".errors",
     "DialRequest": ".abc",
     "DialUnknown": ".errors",
@@ -27,9 +28,11 @@ _EXPORTS = {
     "DispatchHub": ".hub",
     "HubStatistics": ".hub",
     "InvalidPhone": ".errors",
+    "LateOutcome": ".abc",
     "LimiterStatistics": ".pacing",
     "Malformed": ".abc",
     "Pacing": ".options",
+    "PinecallAgent": ".agents.pinecall",
     "Record": ".record",
     "RecordState": ".states",
     "RecoverMode": ".options",
@@ -46,12 +49,23 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .abc import Agent, Call, CallEnd, DialRequest, Malformed, Removed, Strategy
+    from .abc import (
+        Agent,
+        Call,
+        CallEnd,
+        DialRequest,
+        LateOutcome,
+        Malformed,
+        Removed,
+        Strategy,
+    )
     from .agents import SimulatedAgent
+    from .agents.pinecall import PinecallAgent
     from .clock import Clock, SystemClock
     from .errors import (
         ConfigError,
         DialError,
+        DialInterrupted,
         DialRejected,
         DialUnknown,
         DispatchError,
@@ -94,6 +108,7 @@ __all__ = [
     "Clock",
     "ConfigError",
     "DialError",
+    "DialInterrupted",
     "DialRejected",
     "DialRequest",
     "DialUnknown",
@@ -101,9 +116,11 @@ __all__ = [
     "DispatchHub",
     "HubStatistics",
     "InvalidPhone",
+    "LateOutcome",
     "LimiterStatistics",
     "Malformed",
     "Pacing",
+    "PinecallAgent",
     "Record",
     "RecordState",
     "RecoverMode",

@@ -23,6 +23,7 @@ __all__ = [
     "CallbackName",
     "CallbackResult",
     "DialRequest",
+    "LateOutcome",
     "Malformed",
     "PollItem",
     "PollResult",
@@ -198,8 +199,30 @@ class Call(ABC):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class LateOutcome:
+    """What the platform reported for a dial after ``dial()`` had given up on it (raised
+    :class:`~dispatch.errors.DialUnknown`): ``started`` once it was answered, ``reason`` and
+    ``duration`` once it ended."""
+
+    dispatch_id: str
+    call_id: str | None
+    started: bool
+    reason: str | None = None
+    duration: float | None = None
+
+
 class Agent(ABC):
     """Places calls. One agent object serves every strategy of a hub, concurrently."""
+
+    _late_reported: Callable[[LateOutcome], None] | None = None  # installed by the hub
+
+    def report_late(self, outcome: LateOutcome) -> None:
+        """Hand the hub a late outcome of a dial whose ``dial()`` raised ``DialUnknown``: the
+        hub records it in the ledger (an answered call becomes ``completed`` and
+        ``on_completed`` is delivered). The dial is never retried either way."""
+        if self._late_reported is not None:
+            self._late_reported(outcome)
 
     @abstractmethod
     async def dial(self, request: DialRequest) -> Call:

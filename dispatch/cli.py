@@ -109,13 +109,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dispatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except DispatchError as exc:
+    except (DispatchError, ExceptionGroup) as raised:
+        error = _dispatch_error(raised)
+        if error is None:
+            raise
         if args.command in ("status", "history"):
-            print(f"dispatch: {exc}", file=sys.stderr)
+            print(f"dispatch: {error}", file=sys.stderr)
         else:
-            logger.error("dispatch.failed %s", exc)
+            logger.error("dispatch.failed %s: %s", type(error).__name__, error)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _dispatch_error(exc: BaseException) -> DispatchError | None:
+    """The DispatchError behind ``exc``, also from inside task groups' exception groups."""
+    if isinstance(exc, DispatchError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _dispatch_error(inner)) is not None:
+                return found
+    return None
 
 
 async def _upgrade(settings: Settings, base: Path) -> None:

@@ -12,11 +12,12 @@ Environment overrides use ``__`` between levels: ``DISPATCH_PACING__MAX_CONCURRE
 from __future__ import annotations
 
 import importlib
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -31,6 +32,7 @@ __all__ = [
     "AgentConfig",
     "CsvStrategyConfig",
     "CsvWriteBackConfig",
+    "PinecallAgentConfig",
     "PythonStrategyConfig",
     "Settings",
     "build_hub",
@@ -83,7 +85,64 @@ class SimulatedAgentConfig(_Section):
         return SimulatedAgent(**self.model_dump(exclude={"kind"}))
 
 
-AgentConfig = Annotated[SimulatedAgentConfig, Field(discriminator="kind")]
+class PinecallAgentConfig(_Section):
+    kind: Literal["pinecall"]
+    agent_id: str = Field(min_length=1)
+    url: str = "wss://voice.pinecall.io"
+    api_key: SecretStr | None = Field(None, description="Prefer the env var or a file.")
+    api_key_file: Path | None = None
+    phone_numbers: list[str] = Field(default_factory=list)
+    voice: str | None = None
+    language: str | None = None
+    stt: str | dict[str, Any] | None = None
+    llm: str | dict[str, Any] | None = None
+    prompt: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="More agent.create keys.")
+    dial_timeout: float = Field(30.0, gt=0)
+    ping_interval: float = Field(30.0, gt=0)
+
+    def api_key_value(self) -> str:
+        """The key from ``api_key``, ``api_key_file``, ``PINECALL_API_KEY`` or the systemd
+        credential ``pinecall_api_key``, in that order; never logged."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        candidates = [self.api_key_file] if self.api_key_file else []
+        if os.environ.get("PINECALL_API_KEY"):
+            return os.environ["PINECALL_API_KEY"]
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "pinecall_api_key")
+        for path in candidates:
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"agent.api_key_file: cannot read {path}: {exc.strerror}"
+                ) from None
+        raise ConfigError(
+            "agent: no Pinecall API key (set PINECALL_API_KEY, agent.api_key_file or a systemd "
+            "credential named pinecall_api_key)"
+        )
+
+    def build(self) -> Agent:
+        from .agents.pinecall import PinecallAgent  # only a Pinecall setup loads websockets
+
+        agent_config = {
+            key: value
+            for key in ("voice", "language", "stt", "llm", "prompt")
+            if (value := getattr(self, key)) is not None
+        }
+        return PinecallAgent(
+            api_key=self.api_key_value(),
+            agent_id=self.agent_id,
+            url=self.url,
+            phone_numbers=self.phone_numbers,
+            config={**agent_config, **self.config},
+            dial_timeout=self.dial_timeout,
+            ping_interval=self.ping_interval,
+        )
+
+
+AgentConfig = Annotated[SimulatedAgentConfig | PinecallAgentConfig, Field(discriminator="kind")]
 
 
 class CsvWriteBackConfig(_Section):
@@ -217,7 +276,7 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         # Discriminated unions add the tag ("csv") to the location; drop it for readability.
-        loc = [p for p in error["loc"] if p not in ("csv", "python", "simulated")]
+        loc = [p for p in error["loc"] if p not in ("csv", "python", "simulated", "pinecall")]
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         message = error["msg"]
         if error["type"] == "extra_forbidden":

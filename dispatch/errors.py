@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DialError",
+    "DialInterrupted",
     "DialRejected",
     "DialUnknown",
     "DispatchError",
@@ -59,4 +60,11 @@ class DialUnknown(DialError):
     """The outcome of the dial is unknown (no answer from the platform in time, connection lost).
 
     The phone may have rung, so the hub never retries such a dial automatically.
+    """
+
+
+class DialInterrupted(DialUnknown):
+    """The connection to the platform dropped while the dial or call was in flight.
+
+    Recorded as ``interrupted`` (like a crash): never re-dialed, since the phone may be ringing.
     """

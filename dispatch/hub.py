@@ -18,10 +18,19 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
-from .abc import Agent, Call, DialRequest, Malformed, PollItem, Removed, Strategy
+from .abc import (
+    Agent,
+    Call,
+    DialRequest,
+    LateOutcome,
+    Malformed,
+    PollItem,
+    Removed,
+    Strategy,
+)
 from .admission import Admission, Defer, Skip
 from .clock import Clock, SystemClock
-from .errors import DialRejected, DialUnknown, DispatchError, StoreError
+from .errors import DialInterrupted, DialRejected, DialUnknown, DispatchError, StoreError
 from .options import Pacing, RecoverMode, RetryPolicy
 from .outbox import Backoff, Outbox
 from .pacing import SlidingWindowLimiter
@@ -136,6 +145,10 @@ class DispatchHub:
             backoff=callback_backoff,
         )
         self._counters = _Counters()
+        # Attempts whose outcome was unknown, until the agent reports it late (or we stop).
+        self._unknown: dict[str, tuple[Source, Record, int]] = {}
+        self._late: list[LateOutcome] = []
+        self._late_event: anyio.Event | None = None
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
         self._running = False
@@ -199,7 +212,10 @@ class DispatchHub:
             await self._open()
             async with anyio.create_task_group() as outer:
                 await outer.start(self._run_store)
+                agent_done = anyio.Event()
                 try:
+                    await outer.start(self._run_agent, agent_done)
+                    self._log_ready()
                     async with anyio.create_task_group() as delivery:
                         await delivery.start(self._outbox.run)
                         task_status.started()
@@ -209,6 +225,7 @@ class DispatchHub:
                             # Calls are over: deliver what is due, then stop the worker.
                             self._outbox.finish()
                 finally:
+                    agent_done.set()
                     self.store.close()
         finally:
             await self._close()
@@ -234,16 +251,34 @@ class DispatchHub:
         for source in self._sources:
             source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
             source.terminal_at_start = {r for r, k in source.known.items() if k.state.terminal}
-        await self.agent.open()
         for source in self._sources:
             await source.strategy.open()
             source.strategy._poll_requested = source.request_poll
+
+    def _log_ready(self) -> None:
         logger.info(
             "hub.ready strategies=%s store=%s known_records=%d",
             ",".join(s.name for s in self._sources),
             self.store,
-            len(known),
+            sum(len(s.known) for s in self._sources),
         )
+
+    async def _run_agent(
+        self, done: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Hold the agent open, in a task of its own (an agent may run background tasks from
+        ``open()`` to ``aclose()``), until the calls are over."""
+        self.agent._late_reported = self._late_outcome
+        await self.agent.open()
+        try:
+            task_status.started()
+            await done.wait()
+        finally:
+            self.agent._late_reported = None
+            try:
+                await self.agent.aclose()
+            except Exception:
+                logger.exception("agent.close_failed")
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -253,10 +288,6 @@ class DispatchHub:
                     await source.strategy.aclose()
                 except Exception:
                     logger.exception("strategy.close_failed strategy=%s", source.name)
-            try:
-                await self.agent.aclose()
-            except Exception:
-                logger.exception("agent.close_failed")
             await self.store.aclose()
 
     async def _serve(self) -> None:
@@ -268,6 +299,7 @@ class DispatchHub:
                     control.start_soon(self._watch, source)
                 control.start_soon(self._queue.run_timers)
                 control.start_soon(self._dispatch_loop, calls)
+                control.start_soon(self._reconcile_late)
                 await self._stopping.wait()
                 control.cancel_scope.cancel()
             active = self.statistics().active
@@ -522,6 +554,8 @@ class DispatchHub:
             end = await call.wait()
         except DialRejected as exc:
             return _Outcome(AttemptState.REJECTED, exc.reason, _id(call))
+        except DialInterrupted as exc:
+            return _Outcome(AttemptState.INTERRUPTED, f"interrupted: {exc.reason}", _id(call))
         except DialUnknown as exc:
             return _Outcome(AttemptState.UNKNOWN, f"unknown: {exc.reason}", _id(call))
         except anyio.get_cancelled_exc_class():
@@ -581,6 +615,8 @@ class DispatchHub:
             # The row stays `dialing`: the next start marks it interrupted, never re-dials it.
             logger.error("store.outcome_failed record=%s error=%s", record.id, exc)
         source.known[record.id] = KnownRecord(record_state, number)
+        if outcome.state is AttemptState.UNKNOWN:
+            self._unknown[attempt_id] = (source, record, number)
         self._log_outcome(record, number, outcome, record_state)
         if record_state is RecordState.COMPLETED:
             self._counters.completed += 1
@@ -588,6 +624,67 @@ class DispatchHub:
             self._queue.delay(source, record, self.clock.monotonic() + self.retry.delay)
         else:
             self._counters.failed += 1
+
+    def _late_outcome(self, outcome: LateOutcome) -> None:
+        self._late.append(outcome)
+        if self._late_event is not None:
+            self._late_event.set()
+
+    async def _reconcile_late(self) -> None:
+        """Record what the agent learnt late about dials whose outcome was unknown: an answered
+        call becomes completed (and ``on_completed`` is delivered). Never re-dials anything."""
+        while True:
+            self._late_event = anyio.Event()
+            if not self._late:
+                await self._late_event.wait()
+            outcomes, self._late = self._late, []
+            for outcome in outcomes:
+                await self._reconcile(outcome)
+
+    async def _reconcile(self, outcome: LateOutcome) -> None:
+        entry = self._unknown.get(outcome.dispatch_id)
+        if entry is None or outcome.reason is None:
+            logger.info(
+                "call.late attempt=%s call_id=%s started=%s (noted; waiting for its end)",
+                outcome.dispatch_id,
+                outcome.call_id,
+                outcome.started,
+            )
+            return
+        source, record, number = entry
+        if outcome.started:
+            state, record_state = AttemptState.COMPLETED, RecordState.COMPLETED
+            args = (outcome.call_id or "", outcome.reason)
+            callback = Callback(source.name, "on_completed", record, args)
+        else:
+            state, record_state, callback = AttemptState.REJECTED, RecordState.FAILED, None
+        try:
+            await self.store.finished(
+                attempt_id=outcome.dispatch_id,
+                strategy=source.name,
+                record_id=record.id,
+                state=state,
+                record_state=record_state,
+                reason=outcome.reason,
+                call_id=outcome.call_id,
+                duration=outcome.duration,
+                at=self.clock.now(),
+                callback=callback,
+            )
+        except StoreError as exc:
+            logger.error("store.late_outcome_failed record=%s error=%s", record.id, exc)
+            return
+        del self._unknown[outcome.dispatch_id]
+        source.known[record.id] = KnownRecord(record_state, number)
+        self._outbox.wake()
+        logger.warning(
+            "call.reconciled record=%s call_id=%s state=%s reason=%s (reported after the dial "
+            "timed out; not dialed again)",
+            record.id,
+            outcome.call_id,
+            state,
+            outcome.reason,
+        )
 
     def _log_outcome(
         self, record: Record, number: int, outcome: _Outcome, state: RecordState

@@ -4,6 +4,9 @@
   :meth:`ManualClock.advance`, so tests order events without sleeping.
 * :class:`ScriptedAgent` sits at the agent seam and does, per destination number, what the
   test's script says; it records every dial and checks that no number is in two calls at once.
+* :class:`FakePinecall` (with :class:`Answer`) is a real WebSocket server speaking the Pinecall
+  socket protocol, for testing :class:`~dispatch.agents.pinecall.PinecallAgent` setups; it is
+  loaded on first use (it needs ``websockets``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import itertools
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -21,7 +25,29 @@ import anyio.lowlevel
 from .abc import Agent, Call, CallEnd, DialRequest
 from .errors import DialRejected, DialUnknown
 
-__all__ = ["ManualClock", "ScriptedAgent", "ScriptedCall", "Signal", "max_in_any_window"]
+__all__ = [
+    "Answer",
+    "FakePinecall",
+    "ManualClock",
+    "Received",
+    "ScriptedAgent",
+    "ScriptedCall",
+    "Signal",
+    "max_in_any_window",
+]
+
+if TYPE_CHECKING:
+    from .pinecall_fake import Answer, FakePinecall, Received
+
+_FAKE_PINECALL = ("Answer", "FakePinecall", "Received")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FAKE_PINECALL:
+        from . import pinecall_fake
+
+        return getattr(pinecall_fake, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def max_in_any_window(starts: Iterable[float], window: float) -> int:

@@ -114,3 +114,39 @@ async def test_the_live_csv_options_reach_the_strategy(tmp_path: Path) -> None:
     await strategy.deliver("on_failed", Record(id="r2", phone="+1"), "busy")
     assert "failed: busy" in (tmp_path / "out" / "results.csv").read_text()
     assert "Status;Call" in (tmp_path / "leads.csv").read_text()
+
+
+PINECALL = (
+    """
+[agent]
+kind = "pinecall"
+agent_id = "dialer"
+phone_numbers = ["+13185550100"]
+voice = "alloy"
+"""
+    + MINIMAL
+)
+
+
+def test_the_pinecall_key_comes_from_the_environment_a_file_or_a_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch.agents.pinecall import PinecallAgent
+
+    monkeypatch.delenv("PINECALL_API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    settings = load_settings(write(tmp_path, PINECALL))
+    with pytest.raises(ConfigError, match="no Pinecall API key"):
+        build_hub(settings, base=tmp_path)
+
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "pinecall_api_key").write_text("pk_from_systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    agent = build_hub(settings, base=tmp_path).agent
+    assert isinstance(agent, PinecallAgent)
+    assert agent._api_key == "pk_from_systemd"
+    assert agent.config == {"voice": "alloy"}
+    assert "pk_" not in repr(agent)
+
+    monkeypatch.setenv("PINECALL_API_KEY", "pk_from_env")
+    assert build_hub(settings, base=tmp_path).agent._api_key == "pk_from_env"  # type: ignore[attr-defined]

@@ -1,0 +1,86 @@
+"""`dispatch run` with `[agent] kind = "pinecall"` against the fake Pinecall server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dispatch.testing import Answer, FakePinecall
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.anyio]
+
+DISPATCH = str(Path(sys.executable).with_name("dispatch"))
+A, B, C = "+14155552601", "+14155552602", "+14155552603"
+
+
+def config(url: str) -> str:
+    return f"""
+poll_interval = 3600
+[store]
+url = "sqlite:///dispatch.db"
+[retry]
+attempts = 0
+[agent]
+kind = "pinecall"
+url = "{url}"
+agent_id = "dialer"
+phone_numbers = ["+13185550100"]
+voice = "alloy"
+prompt = "You are Pine."
+[[strategies]]
+kind = "csv"
+path = "leads.csv"
+watch = false
+greeting = "Hi {{name}}"
+"""
+
+
+async def run_daemon(workdir: Path, api_key: str) -> tuple[int, str]:
+    env = {**os.environ, "PINECALL_API_KEY": api_key}
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [DISPATCH, "run", "-c", "config.toml", "--exit-when-done"],
+            cwd=workdir,
+            env=env,
+            check=False,
+            stderr=subprocess.STDOUT,
+        )
+    return result.returncode, result.stdout.decode()
+
+
+async def test_the_daemon_runs_a_small_campaign_through_pinecall(tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone,name\nr1,{A},Ada\nr2,{B},Bob\nr3,{C},Cy\n")
+    script = {A: [Answer(ring=0.01, talk=0.05)], B: ["busy"], C: ["no-answer"]}
+    async with FakePinecall(script=script) as fake:
+        (tmp_path / "config.toml").write_text(config(fake.url))
+        code, output = await run_daemon(tmp_path, fake.api_key)
+    assert code == 0, output
+    with sqlite3.connect(tmp_path / "dispatch.db") as db:
+        rows = db.execute("SELECT record_id, state, reason FROM attempts ORDER BY record_id")
+        assert rows.fetchall() == [
+            ("r1", "completed", "hangup"),
+            ("r2", "rejected", "busy"),
+            ("r3", "rejected", "no_answer"),
+        ]
+    dials = {r.frame["to"]: r.frame for r in fake.received("call.dial")}
+    assert sorted(dials) == [A, B, C]
+    assert dials[A]["greeting"] == "Hi Ada"
+    assert fake.received("agent.create")[0].frame["prompt"] == "You are Pine."
+    assert fake.api_key not in output
+
+
+async def test_a_refused_key_stops_the_daemon_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone\nr1,{A}\n")
+    async with FakePinecall() as fake:
+        (tmp_path / "config.toml").write_text(config(fake.url))
+        code, output = await run_daemon(tmp_path, "pk_wrong_key")
+    assert code == 1
+    assert "dispatch.failed PinecallFatal: API key refused" in output
+    assert "pk_wrong_key" not in output
+    assert fake.received("call.dial") == []
