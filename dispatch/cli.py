@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import __version__
-from .errors import ConfigError, DispatchError
+from .errors import ConfigError, DispatchError, dispatch_error_in
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-when-done",
         action="store_true",
         help="exit once every record is in a terminal state (batch use)",
+    )
+
+    check = commands.add_parser(
+        "check", help="validate the setup: store, agent, and one dry-run poll of each strategy"
+    )
+    _config_option(check)
+    _json_option(check)
+    check.add_argument(
+        "--limit", type=int, default=20, help="records listed per strategy (default: %(default)s)"
     )
 
     status = commands.add_parser("status", help="counts per strategy and state, calls in flight")
@@ -99,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run_daemon, settings, base=base, exit_when_done=args.exit_when_done
                 )
             )
+        elif args.command == "check":
+            from .check import run_check
+
+            return anyio.run(
+                functools.partial(run_check, settings, base, as_json=args.json, limit=args.limit)
+            )
         elif args.command == "db":
             anyio.run(_upgrade, settings, base)
         else:
@@ -110,26 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (DispatchError, ExceptionGroup) as raised:
-        error = _dispatch_error(raised)
+        error = dispatch_error_in(raised)
         if error is None:
             raise
-        if args.command in ("status", "history"):
+        if args.command in ("status", "history", "check"):
             print(f"dispatch: {error}", file=sys.stderr)
         else:
             logger.error("dispatch.failed %s: %s", type(error).__name__, error)
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _dispatch_error(exc: BaseException) -> DispatchError | None:
-    """The DispatchError behind ``exc``, also from inside task groups' exception groups."""
-    if isinstance(exc, DispatchError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _dispatch_error(inner)) is not None:
-                return found
-    return None
 
 
 async def _upgrade(settings: Settings, base: Path) -> None:

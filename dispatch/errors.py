@@ -68,3 +68,15 @@ class DialInterrupted(DialUnknown):
 
     Recorded as ``interrupted`` (like a crash): never re-dialed, since the phone may be ringing.
     """
+
+
+def dispatch_error_in(exc: BaseException) -> DispatchError | None:
+    """The :class:`DispatchError` behind ``exc``, also from inside task groups' exception
+    groups; None if there is none."""
+    if isinstance(exc, DispatchError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := dispatch_error_in(inner)) is not None:
+                return found
+    return None

@@ -156,6 +156,10 @@ class DispatchHub:
 
     # -- public control ----------------------------------------------------------------------
 
+    @property
+    def strategies(self) -> list[Strategy]:
+        return [source.strategy for source in self._sources]
+
     def stop(self) -> None:
         """Stop dialing; calls in flight are awaited up to ``drain_timeout``. Safe to call
         from callbacks and signal handlers running in the hub's event loop, and more than once."""

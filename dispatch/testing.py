@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 
 from .abc import Agent, Call, CallEnd, DialRequest
-from .errors import DialRejected, DialUnknown
+from .errors import DialInterrupted, DialRejected, DialUnknown
 
 __all__ = [
     "Answer",
@@ -213,7 +213,8 @@ class ScriptedAgent(Agent):
 
     ``script`` maps a number to the outcomes of its successive dials; numbers not in it (and
     dials past the end of their list) get ``default``. Outcomes: ``"answer"``, ``"busy"``,
-    ``"no_answer"``, ``"failed"``, ``"canceled"`` (rejections), ``"unknown"`` (raises
+    ``"no_answer"``, ``"failed"``, ``"canceled"`` (rejections), ``"interrupted"`` (raises
+    :class:`DialInterrupted`: the connection dropped), ``"unknown"`` (raises
     :class:`DialUnknown`) and ``"error"`` (raises ``RuntimeError``, an agent bug).
 
     Answered calls end at once when ``auto_end`` is true, else when the test calls
@@ -265,6 +266,8 @@ class ScriptedAgent(Agent):
             await anyio.lowlevel.checkpoint()
             if outcome in REJECTIONS:
                 raise DialRejected(outcome)
+            if outcome == "interrupted":
+                raise DialInterrupted("connection lost")
             if outcome == "unknown":
                 raise DialUnknown("no answer from the platform")
             if outcome == "error":

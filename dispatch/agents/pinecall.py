@@ -72,6 +72,7 @@ class _Dial:
     call_id: str | None = None
     started: bool = False
     abandoned: bool = False  # dial() gave up waiting (timeout): late events are reconciled
+    abandoned_at: float = 0.0
     settled: anyio.Event = field(default_factory=anyio.Event)
     rejection: str | None = None
     lost: bool = False
@@ -121,6 +122,7 @@ class PinecallAgent(Agent):
         pong_timeout: float | None = None,
         reconnect_initial: float = 1.0,
         reconnect_max: float = 30.0,
+        late_window: float = 3600.0,
         clock: Clock | None = None,
     ) -> None:
         if not api_key:
@@ -136,6 +138,7 @@ class PinecallAgent(Agent):
         self.pong_timeout = pong_timeout if pong_timeout is not None else 2 * ping_interval
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
+        self.late_window = late_window
         self.clock = clock or SystemClock()
         self._handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self._ws: ClientConnection | None = None
@@ -208,6 +211,7 @@ class PinecallAgent(Agent):
             await self._wait_settled(dial, deadline)
         except TimeoutError:
             dial.abandoned = True
+            dial.abandoned_at = self.clock.monotonic()
             raise DialUnknown(
                 f"no answer from Pinecall within {self.dial_timeout:g}s (the phone may ring)"
             ) from None
@@ -397,6 +401,13 @@ class PinecallAgent(Agent):
                 await ws.close(1011, "no pong")
                 return
             await ws.send(json.dumps({"event": "ping"}))
+            self._prune()
+
+    def _prune(self) -> None:
+        """Stop waiting for late news of dials given up on more than ``late_window`` ago."""
+        horizon = self.clock.monotonic() - self.late_window
+        for dial in [d for d in self._dials if d.abandoned and d.abandoned_at < horizon]:
+            self._dials.remove(dial)
 
     def _disconnected(self) -> None:
         """The connection is gone: whatever was in flight on it is interrupted, never re-sent."""

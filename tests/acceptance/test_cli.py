@@ -267,3 +267,14 @@ def test_a_row_saved_while_the_daemon_runs_is_dialed_and_written_back(tmp_path: 
         "r1,+14155552601,Ada,completed: hangup",
         "r2,+14155552602,Bob,completed: hangup",
     ]
+
+
+def test_check_dry_runs_the_example_setup(workdir: Path) -> None:
+    result = dispatch("check", "-c", "config.toml", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(result.stdout)
+    assert [(p["name"], p["ok"]) for p in report["parts"]] == [("store", True), ("agent", True)]
+    [leads] = report["strategies"]
+    assert leads["counts"] == {"dial": 11, "skip": 1}
+    assert leads["samples"][8][:2] == ["skip", "lead-009"]
+    assert not query(workdir / "dispatch.db", "SELECT * FROM attempts")  # nothing dialed

@@ -84,3 +84,24 @@ async def test_a_refused_key_stops_the_daemon_with_a_clear_error(tmp_path: Path)
     assert "dispatch.failed PinecallFatal: API key refused" in output
     assert "pk_wrong_key" not in output
     assert fake.received("call.dial") == []
+
+
+async def test_check_reports_a_registration_refusal(tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone,name\nr1,{A},Ada\nr2,12,Bob\n")
+    refusal = {"code": "PHONE_IN_USE", "error": "in use", "phone": "+13185550100"}
+    conflict = {"code": "AGENT_CONFLICT_FATAL", "error": "owned by another org"}
+    async with FakePinecall(registration_errors=[conflict, refusal]) as fake:
+        (tmp_path / "config.toml").write_text(config(fake.url))
+        env = {**os.environ, "PINECALL_API_KEY": fake.api_key}
+        with anyio.fail_after(60):
+            result = await anyio.run_process(
+                [DISPATCH, "check", "-c", "config.toml"], cwd=tmp_path, env=env, check=False
+            )
+    output = result.stdout.decode()
+    assert result.returncode == 1, output
+    assert "FAIL agent: PinecallFatal: registration of agent dialer refused" in output
+    assert "AGENT_CONFLICT_FATAL" in output
+    assert "ok   strategy leads: one poll: dial 1, skip 1" in output
+    assert "skip  r2" in output
+    assert "invalid_phone" in output
+    assert fake.received("call.dial") == []

@@ -215,6 +215,18 @@ async def test_an_unknown_outcome_is_never_retried(sqlite_url: str) -> None:
     assert await fetch(sqlite_url, "SELECT state FROM attempts") == [("unknown",)]
 
 
+async def test_a_dial_interrupted_by_a_lost_connection_is_never_retried(sqlite_url: str) -> None:
+    agent = ScriptedAgent(script={A: ["interrupted"]})
+    source = ListStrategy([rec("r1", A)])
+    hub = make_hub(sqlite_url, agent, source, exit_when_done=True, retry_attempts=3, retry_delay=0)
+    await run_to_completion(hub)
+
+    assert len(agent.dials) == 1
+    assert source.named("failed") == [("failed", "r1", "interrupted: connection lost")]
+    assert await fetch(sqlite_url, "SELECT state FROM attempts") == [("interrupted",)]
+    assert await fetch(sqlite_url, "SELECT state FROM records") == [("interrupted",)]
+
+
 async def test_callbacks_fire_once_each_with_the_right_arguments(sqlite_url: str) -> None:
     agent = ScriptedAgent(script={B: ["busy"]})
     source = ListStrategy([rec("ok", A), rec("busy", B), rec("bad", "12")])
