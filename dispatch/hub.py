@@ -619,8 +619,8 @@ class DispatchHub:
             # The row stays `dialing`: the next start marks it interrupted, never re-dials it.
             logger.error("store.outcome_failed record=%s error=%s", record.id, exc)
         source.known[record.id] = KnownRecord(record_state, number)
-        if outcome.state is AttemptState.UNKNOWN:
-            self._unknown[attempt_id] = (source, record, number)
+        if outcome.state in (AttemptState.UNKNOWN, AttemptState.INTERRUPTED):
+            self._unknown[attempt_id] = (source, record, number)  # the agent may learn more
         self._log_outcome(record, number, outcome, record_state)
         if record_state is RecordState.COMPLETED:
             self._counters.completed += 1

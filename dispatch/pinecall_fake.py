@@ -15,8 +15,11 @@ anything, pings included, without closing). Delays run on ``clock`` (a
 
 Quirks: ``agent_prefix`` (agent ids echoed as ``org:slug``), ``echo_metadata``,
 ``send_dialing`` (``call.started`` without ``call.dialing``), ``duplicate`` (every call event
-twice), ``registration_errors`` (the next ``agent.create`` frames answered with these error
-frames). ``transcript`` holds every frame received, with the connection it came on.
+twice), ``reorder`` (``call.dialing`` sent after the event that follows it),
+``registration_errors`` (the next ``agent.create`` frames answered with these error frames).
+Faults and control: :meth:`drop` (close every connection, with a code and reason),
+:meth:`send` (push any frame), scripted ``"drop"`` and ``"half-open"``, a wrong API key.
+``transcript`` holds every frame received, with the connection it came on.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class FakePinecall:
     echo_metadata: bool = True
     send_dialing: bool = True
     duplicate: bool = False
+    reorder: bool = False
     registration_errors: list[dict[str, Any]] = field(default_factory=list)
     transcript: list[Received] = field(default_factory=list)
     url: str = ""
@@ -130,10 +134,16 @@ class FakePinecall:
                 self._changed = anyio.Event()
             await self._changed.wait()
 
-    async def drop(self) -> None:
-        """Close every open connection, as a network failure would."""
+    async def drop(self, code: int = 1011, reason: str = "gone") -> None:
+        """Close every open connection, as a network failure would (or, with a reason such as
+        ``"displaced by another client"``, as the platform does)."""
         for connection in list(self._connections):
-            await connection.ws.close(1011, "gone")
+            await connection.ws.close(code, reason)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send ``frame`` on every open connection (a late report, an unsolicited event)."""
+        for connection in list(self._connections):
+            await self._send(connection, frame)
 
     # -- the server ----------------------------------------------------------------------------
 

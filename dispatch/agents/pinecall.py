@@ -215,8 +215,7 @@ class PinecallAgent(Agent):
             raise DialUnknown(
                 f"no answer from Pinecall within {self.dial_timeout:g}s (the phone may ring)"
             ) from None
-        if dial.lost:
-            self._forget(dial)
+        if dial.lost:  # kept (abandoned) in case the platform reports it after a reconnect
             raise DialInterrupted("connection to Pinecall lost during the dial")
         if dial.rejection is not None:
             self._forget(dial)
@@ -386,7 +385,12 @@ class PinecallAgent(Agent):
         except* PinecallFatal as group:
             raise group.exceptions[0] from None
         except* (ConnectionClosed, OSError) as group:
-            raise _ConnectionLost(str(group.exceptions[0])) from None
+            lost = group.exceptions[0]
+            if isinstance(lost, ConnectionClosed) and "displaced" in _close_reason(lost):
+                raise PinecallFatal(f"agent {self.agent_id} {_close_reason(lost)}") from None
+            raise _ConnectionLost(str(lost)) from None
+        if ws.close_reason and "displaced" in ws.close_reason.lower():
+            raise PinecallFatal(f"agent {self.agent_id} {ws.close_reason}")
         raise _ConnectionLost("the platform closed the connection")
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
@@ -410,17 +414,20 @@ class PinecallAgent(Agent):
             self._dials.remove(dial)
 
     def _disconnected(self) -> None:
-        """The connection is gone: whatever was in flight on it is interrupted, never re-sent."""
+        """The connection is gone: whatever was in flight on it is interrupted, never re-sent.
+
+        Those dials stay known, as abandoned: if the platform reports one after the reconnect,
+        the report goes to :meth:`report_late` for the ledger."""
         self._ws = None
         if self._ready is not None and self._ready.is_set():
             self._ready = anyio.Event()
-        for dial in list(self._dials):
+        for dial in self._dials:
             if dial.connection != self._connection or dial.abandoned:
                 continue
-            dial.lost = True
+            dial.lost = dial.abandoned = True
+            dial.abandoned_at = self.clock.monotonic()
             dial.settled.set()
             dial.ended.set()
-            self._dials.remove(dial)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -545,6 +552,10 @@ class PinecallAgent(Agent):
             outcome.reason,
         )
         self.report_late(outcome)
+
+
+def _close_reason(exc: ConnectionClosed) -> str:
+    return (exc.rcvd.reason if exc.rcvd is not None else "").lower()
 
 
 async def _recv(ws: ClientConnection) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 
 from dispatch import DialInterrupted, DialRejected, DialRequest, DialUnknown, DispatchHub
 from dispatch.agents.pinecall import PinecallAgent, PinecallFatal
+from dispatch.errors import dispatch_error_in
 from dispatch.testing import Answer, FakePinecall, ManualClock, Signal
 from tests.conftest import fetch
 from tests.support import PHONES, ListStrategy, rec
@@ -73,6 +74,7 @@ async def drive(clock: ManualClock, horizon: float = 1000) -> None:
 
 QUIRKS = [
     {},
+    {"reorder": True},
     {"echo_metadata": False},
     {"send_dialing": False},
     {"echo_metadata": False, "send_dialing": False},
@@ -272,4 +274,58 @@ async def test_a_late_answer_is_reconciled_into_the_ledger(sqlite_url: str) -> N
         ("completed", "call-1", "hangup", 5.0)
     ]
     assert await fetch(sqlite_url, "SELECT state FROM records") == [("completed",)]
+    assert len(fake.received("call.dial")) == 1
+
+
+async def test_a_displaced_agent_is_fatal() -> None:
+    async with FakePinecall() as fake:
+        agent = PinecallAgent(url=fake.url, api_key=fake.api_key, agent_id="dialer")
+
+        async def displaced() -> None:
+            async with agent:
+                await fake.drop(4000, "displaced by another client")
+                await anyio.sleep_forever()
+
+        with anyio.fail_after(5), pytest.raises((PinecallFatal, BaseExceptionGroup)) as raised:
+            await displaced()
+    assert isinstance(dispatch_error_in(raised.value), PinecallFatal)
+    assert "displaced" in str(dispatch_error_in(raised.value))
+    assert fake.connections == 1  # not reconnected
+
+
+async def test_a_call_cut_off_by_a_drop_is_reconciled_when_reported_after_reconnecting(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    script = {PHONES[0]: [Answer(ring=0, talk=100)]}
+    source = ListStrategy([rec("r1", PHONES[0])])
+    async with FakePinecall(script=script, clock=clock) as fake:
+        agent = PinecallAgent(
+            url=fake.url, api_key=fake.api_key, agent_id="dialer", clock=clock, ping_interval=1000
+        )
+        hub = DispatchHub(
+            agent=agent, strategies=[source], store=sqlite_url, clock=clock, poll_interval=1000
+        )
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                await source.wait_for_events(1)  # dispatched: the call is live
+                await fake.drop()
+                await source.wait_for_events(2)
+                assert source.events[1] == (
+                    "failed",
+                    "r1",
+                    "interrupted: connection to Pinecall lost during the call",
+                )
+                await clock.wait_until(lambda: (clock.next_deadline or 99) < 2)
+                clock.advance_to_next()  # reconnect
+                await fake.wait_for("agent.create", 2)
+                ended = {"reason": "hangup", "duration_seconds": 42}
+                await fake.send({"event": "call.ended", "call_id": "call-1", **ended})
+                await source.wait_for_events(3)
+                hub.stop()
+    assert source.events[2] == ("completed", "r1", "call-1", "hangup")
+    assert await fetch(sqlite_url, "SELECT state, reason, duration FROM attempts") == [
+        ("completed", "hangup", 42.0)
+    ]
     assert len(fake.received("call.dial")) == 1
