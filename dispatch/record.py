@@ -23,7 +23,7 @@ _PARSE_ERRORS = {
 }
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False)
 class Record:
     """One person to call. Frozen; identity is ``(strategy name, id)``.
 
@@ -84,9 +84,40 @@ class Record:
         _SET["timezone"](self, timezone)
         _SET["priority"](self, priority)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # dict fields: records are not hashable
+
     def replace(self, **changes: Any) -> Record:
         """A copy with ``changes`` applied (and checked)."""
         return replace(self, **changes)
+
+    @classmethod
+    def deferred(cls, *, id: str, phone: str, fill: Callable[[], dict[str, Any]]) -> Record:
+        """A record whose other fields (``greeting``, ``metadata``, ``prompt_vars``,
+        ``from_``, ``timezone``) are built by ``fill()`` on first use.
+
+        For sources that produce many records at once (a large CSV): the hub needs only the id
+        and the phone until it dials, so most of the work moves to dial time, which is paced.
+        ``fill`` must not fail: check what can fail before deferring it. The record behaves
+        like any other (equality, ``repr``, ``to_json`` fill it in as needed).
+        """
+        record = object.__new__(_Deferred)
+        if type(id) is not str or not id:
+            raise ValueError(f"record id must be a non-empty string, not {id!r}")
+        if type(phone) is not str:
+            raise TypeError(f"record {id}: phone must be a string, not {phone!r}")
+        _SET["id"](record, id)
+        _SET["phone"](record, phone)
+        _SET["config"](record, {})
+        _SET["not_before"](record, None)
+        _SET["not_after"](record, None)
+        _SET["priority"](record, 0)
+        _FILL(record, fill)
+        return record
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601), read back by :meth:`from_json`."""
@@ -110,6 +141,53 @@ class Record:
 _SET: dict[str, Callable[[Record, Any], None]] = {
     f.name: Record.__dict__[f.name].__set__ for f in fields(Record)
 }
+_FIELDS = tuple(f.name for f in fields(Record))
+_DEFERRED = ("greeting", "metadata", "prompt_vars", "from_", "timezone")
+
+
+class _Deferred(Record):
+    """A :meth:`Record.deferred` record: the deferred fields are filled on first access."""
+
+    __slots__ = ("_fill",)
+
+    def _filled(self) -> None:
+        fill = _GET_FILL(self)
+        if fill is None:
+            return
+        values = fill()
+        for name in _DEFERRED:
+            empty: dict[str, Any] | None = {} if name in ("metadata", "prompt_vars") else None
+            _SET[name](self, values.get(name, empty))
+        _FILL(self, None)
+
+    def __repr__(self) -> str:
+        return "Record" + Record.__repr__(self).removeprefix(type(self).__qualname__)
+
+    def replace(self, **changes: Any) -> Record:
+        fill = _GET_FILL(self)
+        if fill is not None and set(changes) <= {"phone"}:
+            # The hub's intake sets the normalised phone: keep the rest deferred.
+            return Record.deferred(id=self.id, phone=changes.get("phone", self.phone), fill=fill)
+        return Record(**({name: getattr(self, name) for name in _FIELDS} | changes))
+
+
+def _deferred_field(name: str) -> property:
+    slot = Record.__dict__[name]
+
+    def get(self: _Deferred) -> Any:
+        try:
+            return slot.__get__(self, Record)
+        except AttributeError:  # not filled yet
+            self._filled()
+            return slot.__get__(self, Record)
+
+    return property(get)
+
+
+for _name in _DEFERRED:
+    setattr(_Deferred, _name, _deferred_field(_name))
+_FILL = _Deferred.__dict__["_fill"].__set__
+_GET_FILL = _Deferred.__dict__["_fill"].__get__
 
 
 def _aware(record_id: str, name: str, value: datetime) -> datetime:

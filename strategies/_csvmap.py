@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -117,6 +118,11 @@ class Bound:
             if column in index
         ]
         self.phone_index = index.get("phone")
+        # Deferring is safe when rendering the other fields cannot fail: every column exists
+        # and no format spec or conversion could reject a cell's text.
+        deferred = [templates.greeting, templates.from_, templates.timezone]
+        deferred += [*(templates.metadata or {}).values(), *templates.prompt_vars.values()]
+        self.deferrable = all(_safe(t, index) for t in deferred if t is not None)
 
     def skipped(self, cells: list[str]) -> bool:
         for i, values in self.skip_if:
@@ -132,6 +138,24 @@ class Bound:
         return record_id
 
     def record(self, cells: list[str]) -> Record:
+        if self.deferrable:
+            # Only the id and the phone are needed before dialing; the rest cannot fail
+            # (checked per header), so it is rendered when the hub first looks at it.
+            return Record.deferred(
+                id=self.row_id(cells), phone=self.phone(cells), fill=partial(self._rest, cells)
+            )
+        return self._eager(cells)
+
+    def _rest(self, cells: list[str]) -> dict[str, Any]:
+        return {
+            "greeting": self.greeting(cells) or None if self.greeting else None,
+            "metadata": self.metadata(cells),
+            "prompt_vars": self.prompt_vars(cells) if self.prompt_vars else {},
+            "from_": self.from_(cells) or None if self.from_ else None,
+            "timezone": self.timezone(cells) or None if self.timezone else None,
+        }
+
+    def _eager(self, cells: list[str]) -> Record:
         return Record(
             id=self.row_id(cells),
             phone=self.phone(cells),
@@ -153,6 +177,14 @@ def _mapping(
         picks = itemgetter(*(index[check_template(t)[0][1] or ""] for t in templates.values()))
         return lambda cells: dict(zip(keys, picks(cells), strict=True))
     return lambda cells: {key: render(cells) for key, render in zip(keys, renders, strict=True)}
+
+
+def _safe(text: str, index: Mapping[str, int]) -> bool:
+    parts = check_template(text)
+    return all(
+        name is None or (name in index and not spec and not conversion)
+        for _, name, spec, conversion in parts
+    )
 
 
 def _optional(text: str | None, index: Mapping[str, int]) -> Render | None:

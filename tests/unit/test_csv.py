@@ -340,3 +340,11 @@ async def test_the_periodic_rescan_finds_an_edit_a_stat_cannot_see(leads: Path) 
     os.utime(leads, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same time
     assert await strategy.poll() == []
     assert ids(strategy.read(full=True)) == ["r1"]
+
+
+async def test_a_template_that_can_fail_per_row_is_checked_at_read_time(tmp_path: Path) -> None:
+    path = write(tmp_path / "leads.csv", "id,phone,n\nr1,+14155552601,7\nr2,+14155552602,x\n")
+    items = await CsvStrategy(path, greeting="{n:>3d} days").poll()
+    assert [type(i).__name__ for i in items] == ["Malformed", "Malformed"]  # cells are text
+    items = await CsvStrategy(path, greeting="{n:>3} days").poll()
+    assert [r.greeting for r in items if isinstance(r, Record)] == ["7 days", "x days"]

@@ -64,3 +64,33 @@ def test_naive_schedule_times_are_taken_as_utc() -> None:
 def test_record_requires_an_id() -> None:
     with pytest.raises(ValueError, match="id"):
         Record(id="", phone="+14155552671")
+
+
+def test_a_deferred_record_builds_its_other_fields_once_on_first_use() -> None:
+    calls: list[int] = []
+
+    def fill() -> dict[str, object]:
+        calls.append(1)
+        return {"greeting": "Hi Ada", "metadata": {"plan": "pro"}}
+
+    record = Record.deferred(id="r1", phone="+1 415 555 2671", fill=fill)
+    normalised = record.replace(phone="+14155552671")  # what the hub's intake does
+    assert (normalised.id, normalised.phone, record.not_after, calls) == (
+        "r1",
+        "+14155552671",
+        None,
+        [],
+    )
+    assert normalised.greeting == "Hi Ada"
+    assert normalised.metadata == {"plan": "pro"}
+    assert calls == [1]
+    assert normalised == Record(
+        id="r1", phone="+14155552671", greeting="Hi Ada", metadata={"plan": "pro"}
+    )
+    assert repr(normalised).startswith("Record(id='r1', phone='+14155552671', greeting='Hi Ada'")
+    assert Record.from_json(normalised.to_json()) == normalised
+    assert normalised.replace(greeting="Yo").greeting == "Yo"
+    with pytest.raises(AttributeError):
+        normalised.greeting = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="id"):
+        Record.deferred(id="", phone="+1", fill=fill)
