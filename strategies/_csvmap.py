@@ -16,7 +16,9 @@ from typing import Any
 
 from dispatch.record import Record
 
-__all__ = ["Bound", "RowError", "Templates", "check_template"]
+from ._csvfile import header_key
+
+__all__ = ["Bound", "RowError", "Templates", "check_template", "skip_values"]
 
 _FORMATTER = string.Formatter()
 _ANY = "*"
@@ -192,8 +194,7 @@ def _optional(text: str | None, index: Mapping[str, int]) -> Render | None:
 
 
 def skip_values(skip_if: Mapping[str, Iterable[str]] | None) -> dict[str, frozenset[str]]:
-    from ._csvfile import header_key
-
+    """``skip_if`` as the strategy holds it: normalised column keys -> casefolded values."""
     return {
         header_key(column): frozenset(v.strip().casefold() for v in values)
         for column, values in (skip_if or {}).items()

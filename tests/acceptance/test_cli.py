@@ -46,6 +46,49 @@ def dispatch(
     )
 
 
+class Daemon:
+    """`dispatch run` in the background, its output read line by line as the test waits."""
+
+    def __init__(self, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [DISPATCH, "run", "-c", "config.toml"],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, count: int = 1) -> None:
+        """Read the output until ``text`` has appeared ``count`` times (60 s at most)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        while self.output.count(text) < count:
+            line = self.process.stdout.readline()
+            assert line, self.output
+            assert time.monotonic() < deadline, self.output
+            self.lines.append(line)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code once it has drained."""
+        self.process.send_signal(signal.SIGTERM)
+        rest, _ = self.process.communicate(timeout=60)
+        self.lines.append(rest)
+        return self.process.returncode
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 def query(db: Path, sql: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
@@ -97,45 +140,22 @@ def test_db_upgrade_creates_the_schema(workdir: Path) -> None:
 
 def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
     env = {
-        **os.environ,
         "DISPATCH_AGENT__TIME_SCALE": "1",
         "DISPATCH_AGENT__ANSWERED": "1",
         "DISPATCH_AGENT__RING_SECONDS": "[0, 0]",
         "DISPATCH_AGENT__TALK_SECONDS": "[600, 600]",
         "DISPATCH_DRAIN_TIMEOUT": "0.5",
     }
-    process = subprocess.Popen(
-        [DISPATCH, "run", "-c", "config.toml"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        started = 0
-        while started < 3:  # max_concurrent = 3 calls, all live for ten minutes
-            line = process.stdout.readline()
-            assert line, "".join(output)
-            assert time.monotonic() < deadline, "".join(output)
-            output.append(line)
-            started += "call.started" in line
+    with Daemon(workdir, env) as daemon:
+        daemon.wait_for("call.started", 3)  # max_concurrent = 3 calls, all live for ten minutes
         # The store can be read while the daemon writes to it.
         live = json.loads(dispatch("status", "-c", "config.toml", "--json", cwd=workdir).stdout)
         assert live["in_flight"] == 3
         assert live["strategies"]["leads"]["states"]["dialing"] == 3
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    output.append(rest)
-    assert process.returncode == 0, "".join(output)
+        assert daemon.stop() == 0, daemon.output
     db = workdir / "dispatch.db"
     assert query(db, "SELECT state, count(*) FROM attempts GROUP BY state") == [("interrupted", 3)]
-    assert "daemon.signal SIGTERM" in "".join(output)
+    assert "daemon.signal SIGTERM" in daemon.output
 
 
 def test_the_custom_strategy_example_runs(repo_root: Path, tmp_path: Path) -> None:
@@ -229,39 +249,17 @@ def test_a_row_saved_while_the_daemon_runs_is_dialed_and_written_back(tmp_path: 
         '[[strategies]]\nkind = "csv"\npath = "leads.csv"\n'
         '[strategies.write_back]\nstatus_column = "Status"\n'
     )
-    process = subprocess.Popen(
-        [DISPATCH, "run", "-c", "config.toml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-
-    def wait_for(text: str) -> None:
-        deadline = time.monotonic() + 60
-        while text not in "".join(output):
-            line = process.stdout.readline()  # type: ignore[union-attr]
-            assert line, "".join(output)
-            assert time.monotonic() < deadline, "".join(output)
-            output.append(line)
-
-    try:
-        wait_for("call.ended record=r1")
-        wait_for("csv.watching")
+    with Daemon(tmp_path) as daemon:
+        daemon.wait_for("call.ended record=r1")
+        daemon.wait_for("csv.watching")
         with leads.open("a") as f:  # the operator saves a new row; the next poll is an hour off
             f.write("r2,+14155552602,Bob\n")
-        wait_for("call.ended record=r2")
+        daemon.wait_for("call.ended record=r2")
         deadline = time.monotonic() + 30
         while leads.read_text().count("completed") < 2:  # written back by the outbox
             assert time.monotonic() < deadline, leads.read_text()
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 0, "".join(output) + rest
+        assert daemon.stop() == 0, daemon.output
     assert leads.read_text().splitlines() == [
         "id,phone,name,Status",
         "r1,+14155552601,Ada,completed: hangup",
