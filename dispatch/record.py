@@ -110,12 +110,8 @@ class Record:
             raise ValueError(f"record id must be a non-empty string, not {id!r}")
         if type(phone) is not str:
             raise TypeError(f"record {id}: phone must be a string, not {phone!r}")
-        _SET["id"](record, id)
-        _SET["phone"](record, phone)
-        _SET["config"](record, {})
-        _SET["not_before"](record, None)
-        _SET["not_after"](record, None)
-        _SET["priority"](record, 0)
+        _SET_ID(record, id)
+        _SET_PHONE(record, phone)
         _FILL(record, fill)
         return record
 
@@ -186,6 +182,12 @@ def _deferred_field(name: str) -> property:
 
 for _name in _DEFERRED:
     setattr(_Deferred, _name, _deferred_field(_name))
+# A deferred record keeps the defaults of the fields it cannot have: nothing to store.
+_Deferred.config = property(lambda self: {})  # type: ignore[assignment]
+_Deferred.not_before = _Deferred.not_after = property(lambda self: None)  # type: ignore[assignment]
+_Deferred.priority = property(lambda self: 0)  # type: ignore[assignment]
+_SET_ID = _SET["id"]
+_SET_PHONE = _SET["phone"]
 _FILL = _Deferred.__dict__["_fill"].__set__
 _GET_FILL = _Deferred.__dict__["_fill"].__get__
 

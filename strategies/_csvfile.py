@@ -46,10 +46,15 @@ class Chunk:
     Otherwise the rows are the new ones appended since the previous read.
     """
 
-    rows: list[list[str]]  # the fields of each row
-    lines: list[int]  # the line where each row starts
+    rows: list[list[str]]  # the fields of each row; blank lines may be among them
+    lines: list[int] | None  # the line where each row starts; None: rows[i] is on first_line + i
+    first_line: int
     full: bool
     header: list[str]
+
+    def line(self, index: int) -> int:
+        """The line number where ``rows[index]`` starts."""
+        return self.lines[index] if self.lines is not None else self.first_line + index
 
 
 def header_key(name: str) -> str:
@@ -163,8 +168,8 @@ class CsvFile:
         text = data[start:end].decode(self.encoding, errors="replace")
         if full and self.configured_delimiter is None:
             self.delimiter = sniff_delimiter(text)
-        rows, lines, consumed_lines, last_lines = self._rows(text)
-        if rows and not settled and _open_quote(text, last_lines):
+        rows, lines, first_line, consumed_lines, last_lines = self._rows(text)
+        if rows and not settled and lines is not None and _open_quote(text, last_lines):
             # The writer is in the middle of a quoted field that spans lines: wait for it.
             rows.pop()
             lines.pop()
@@ -178,11 +183,12 @@ class CsvFile:
             self._head = data[:_CHECK] if full else self._read_head()
         tail_from = max(start, end - _CHECK)
         self._tail = data[tail_from:end] if end - tail_from == _CHECK or full else self._read_tail()
-        return Chunk(rows, lines, full, self.header)
+        return Chunk(rows, lines, first_line, full, self.header)
 
-    def _rows(self, text: str) -> tuple[list[list[str]], list[int], int, int]:
-        """Parse ``text``: the rows after the header, the line each starts on, the physical
-        lines consumed and how many of them the last row spans. The hot loop of a read."""
+    def _rows(self, text: str) -> tuple[list[list[str]], list[int] | None, int, int, int]:
+        """Parse ``text``: the rows after the header, the line each starts on (None when each
+        row is one line, from the returned first line on), the physical lines consumed and how
+        many of them the last row spans. The hot loop of a read."""
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
         base = self.lines
         before = 0  # lines consumed before the current row
@@ -193,7 +199,11 @@ class CsvFile:
                     self.raw_header = fields
                     self.header = [header_key(f) for f in fields]
                     break
-        rows: list[list[str]] = []
+        if '"' not in text:
+            # No quoted field, so no row spans lines: let the C reader build the list alone.
+            rows = list(reader)
+            return rows, None, base + before + 1, before + len(rows), 1
+        rows = []
         lines: list[int] = []
         add_row, add_line = rows.append, lines.append
         last_start = 0
@@ -203,7 +213,7 @@ class CsvFile:
                 add_line(base + before + 1)
                 last_start = before
             before = reader.line_num
-        return rows, lines, before, before - last_start if rows else 0
+        return rows, lines, base + 1, before, before - last_start if rows else 0
 
     def _read_head(self) -> bytes:
         with open(self.path, "rb") as f:

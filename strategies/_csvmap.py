@@ -125,6 +125,15 @@ class Bound:
         deferred = [templates.greeting, templates.from_, templates.timezone]
         deferred += [*(templates.metadata or {}).values(), *templates.prompt_vars.values()]
         self.deferrable = all(_safe(t, index) for t in deferred if t is not None)
+        # The hot path of a large read: id and phone are bare columns, nothing to skip.
+        self.id_column = _bare(self.id_text, index)
+        self.phone_column = _bare(templates.phone, index)
+        self.direct = (
+            self.deferrable
+            and not self.skip_if
+            and self.id_column is not None
+            and self.phone_column is not None
+        )
 
     def skipped(self, cells: list[str]) -> bool:
         for i, values in self.skip_if:
@@ -147,6 +156,13 @@ class Bound:
                 id=self.row_id(cells), phone=self.phone(cells), fill=partial(self._rest, cells)
             )
         return self._eager(cells)
+
+    def rest_of_raw(self, fields: list[str]) -> dict[str, Any]:
+        """:meth:`_rest` from a row's fields as parsed (stripped and padded here)."""
+        cells = list(map(str.strip, fields))
+        if len(cells) < len(self.header):
+            cells.extend([""] * (len(self.header) - len(cells)))
+        return self._rest(cells)
 
     def _rest(self, cells: list[str]) -> dict[str, Any]:
         return {
@@ -179,6 +195,14 @@ def _mapping(
         picks = itemgetter(*(index[check_template(t)[0][1] or ""] for t in templates.values()))
         return lambda cells: dict(zip(keys, picks(cells), strict=True))
     return lambda cells: {key: render(cells) for key, render in zip(keys, renders, strict=True)}
+
+
+def _bare(text: str, index: Mapping[str, int]) -> int | None:
+    """The column index if ``text`` is just ``{column}``, else None."""
+    parts = check_template(text)
+    if len(parts) == 1 and not parts[0][0] and not parts[0][2] and not parts[0][3]:
+        return index.get(parts[0][1] or "")
+    return None
 
 
 def _safe(text: str, index: Mapping[str, int]) -> bool:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -169,9 +170,14 @@ class CsvStrategy(Strategy):
         rows = self._rows
         items: list[PollItem] = []
         mapped: set[str] = set()
-        for line, fields in zip(chunk.lines, chunk.rows, strict=True):
+        direct = bound.direct and self.map_row is None
+        id_column, phone_column = bound.id_column or 0, bound.phone_column or 0
+        deferred, rest = Record.deferred, bound.rest_of_raw
+        for i, fields in enumerate(chunk.rows):
+            if not fields or not (fields[0].strip() or "".join(fields).strip()):
+                continue  # a blank line
             fingerprint = hash(
-                tuple(fields) if not own else tuple(f for i, f in enumerate(fields) if i not in own)
+                tuple(fields) if not own else tuple(f for j, f in enumerate(fields) if j not in own)
             )
             if fingerprint in rows:
                 continue  # the same row twice
@@ -179,14 +185,23 @@ class CsvStrategy(Strategy):
             if known is not None:
                 rows[fingerprint] = known
                 continue
-            item = self._map(bound, line, fields)
+            item: Record | Malformed | None = None
+            if direct and len(fields) > max(id_column, phone_column):
+                # The hot path, inlined: id and phone now, the rest rendered when first used.
+                record_id = fields[id_column].strip()
+                if record_id:
+                    item = deferred(
+                        id=record_id, phone=fields[phone_column].strip(), fill=partial(rest, fields)
+                    )
+            if item is None:
+                item = self._map(bound, chunk.line(i), fields)
             record_id = "" if item is None else item.id
             if record_id in mapped and record_id:
                 logger.warning(
                     "csv.duplicate_id strategy=%s line=%d record=%s (an earlier row has this id;"
                     " this one is left out)",
                     self.name,
-                    line,
+                    chunk.line(i),
                     record_id,
                 )
                 record_id, item = "", None

@@ -348,3 +348,20 @@ async def test_a_template_that_can_fail_per_row_is_checked_at_read_time(tmp_path
     assert [type(i).__name__ for i in items] == ["Malformed", "Malformed"]  # cells are text
     items = await CsvStrategy(path, greeting="{n:>3} days").poll()
     assert [r.greeting for r in items if isinstance(r, Record)] == ["7 days", "x days"]
+
+
+async def test_line_numbers_count_blank_lines_with_or_without_quotes(tmp_path: Path) -> None:
+    plain = "\nid,phone\n\nr1,+14155552601\n,+14155552602\n\n\nr3,+14155552603\n,+1415\n"
+    quoted = plain.replace("r3,+14155552603", 'r3,"+14155552603"')
+    for text in (plain, quoted):
+        path = write(tmp_path / "leads.csv", text)
+        items = await CsvStrategy(path).poll()
+        assert ids(items) == ["r1", "r3"]
+        assert [m.line for m in items if isinstance(m, Malformed)] == [5, 9]
+        append(path, "\n,+1999\nr4,+14155552604\n")
+        strategy = CsvStrategy(path)
+        await strategy.poll()
+        append(path, ",+2000\n")
+        [late] = await strategy.poll()
+        assert isinstance(late, Malformed)
+        assert late.line == 13
