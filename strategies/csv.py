@@ -172,7 +172,10 @@ class CsvStrategy(Strategy):
         mapped: set[str] = set()
         direct = bound.direct and self.map_row is None
         id_column, phone_column = bound.id_column or 0, bound.phone_column or 0
+        width = max(id_column, phone_column)
         deferred, rest = Record.deferred, bound.rest_of_raw
+        pop = unchanged.pop if unchanged else None
+        add_item, add_mapped = items.append, mapped.add
         for i, fields in enumerate(chunk.rows):
             if not fields or not (fields[0].strip() or "".join(fields).strip()):
                 continue  # a blank line
@@ -181,20 +184,21 @@ class CsvStrategy(Strategy):
             )
             if fingerprint in rows:
                 continue  # the same row twice
-            known = unchanged.pop(fingerprint, None)
-            if known is not None:
-                rows[fingerprint] = known
-                continue
-            item: Record | Malformed | None = None
-            if direct and len(fields) > max(id_column, phone_column):
+            if pop is not None:
+                known = pop(fingerprint, None)
+                if known is not None:
+                    rows[fingerprint] = known
+                    continue
+            if direct and len(fields) > width:
                 # The hot path, inlined: id and phone now, the rest rendered when first used.
                 record_id = fields[id_column].strip()
-                if record_id:
-                    item = deferred(
-                        id=record_id, phone=fields[phone_column].strip(), fill=partial(rest, fields)
-                    )
-            if item is None:
-                item = self._map(bound, chunk.line(i), fields)
+                if record_id and record_id not in mapped:
+                    rows[fingerprint] = record_id
+                    add_mapped(record_id)
+                    phone = fields[phone_column].strip()
+                    add_item(deferred(id=record_id, phone=phone, fill=partial(rest, fields)))
+                    continue
+            item = self._map(bound, chunk.line(i), fields)
             record_id = "" if item is None else item.id
             if record_id in mapped and record_id:
                 logger.warning(
