@@ -126,19 +126,19 @@ class Outbox:
         rows = await ob.due(self.store.engine, self.clock.now(), self.batch)
         done: list[int] = []
         failed: list[tuple[ob.OutboxRow, str]] = []
-        limit = anyio.CapacityLimiter(self.concurrency)
+        queue = iter(rows)
 
-        async def deliver(row: ob.OutboxRow) -> None:
-            async with limit:
+        async def worker() -> None:
+            for row in queue:  # shared: each worker takes the next row when it is free
                 error = await self._deliver(row.callback)
-            if error is None:
-                done.append(row.id)
-            else:
-                failed.append((row, error))
+                if error is None:
+                    done.append(row.id)
+                else:
+                    failed.append((row, error))
 
         async with anyio.create_task_group() as tg:
-            for row in rows:
-                tg.start_soon(deliver, row)
+            for _ in range(min(self.concurrency, len(rows))):
+                tg.start_soon(worker)
         for row, error in failed:
             failures = row.deliveries + 1
             delay = self.backoff.delay(failures)
