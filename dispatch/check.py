@@ -9,7 +9,6 @@ returns 0 when everything answered, 1 otherwise. Secrets never appear in it.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +19,10 @@ from .admission import Admission, Defer, Skip
 from .clock import SystemClock
 from .config import Settings, store_url
 from .errors import DispatchError, dispatch_error_in
-from .hub import DispatchHub
+from .hub import DispatchHub, poll_items
 from .store import KnownRecord, Store
 
-__all__ = ["run_check"]
+__all__ = ["CheckReport", "check"]
 
 
 @dataclass(slots=True)
@@ -42,7 +41,47 @@ class _Source:
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (decision, id, why)
 
 
-async def run_check(settings: Settings, base: Path, *, as_json: bool, limit: int) -> int:
+@dataclass(slots=True)
+class CheckReport:
+    """What ``dispatch check`` found; the CLI prints :meth:`lines` or :meth:`as_json`."""
+
+    parts: list[_Part]
+    sources: list[_Source]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.parts) and all(s.ok for s in self.sources)
+
+    def as_json(self) -> dict[str, Any]:
+        strategies = [
+            {
+                "name": s.name,
+                "ok": s.ok,
+                "detail": s.detail,
+                "counts": dict(s.counts),
+                "samples": [list(sample) for sample in s.samples],
+            }
+            for s in self.sources
+        ]
+        return {"ok": self.ok, "parts": [asdict(p) for p in self.parts], "strategies": strategies}
+
+    def lines(self) -> list[str]:
+        out = [f"{'ok  ' if p.ok else 'FAIL'} {p.name}: {p.detail}" for p in self.parts]
+        for source in self.sources:
+            if not source.ok:
+                out.append(f"FAIL strategy {source.name}: {source.detail}")
+                continue
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(source.counts.items()))
+            out.append(f"ok   strategy {source.name}: one poll: {counts or 'no records'}")
+            out.extend(f"       {d:<5} {rid:<24} {why}" for d, rid, why in source.samples)
+            hidden = sum(source.counts.values()) - len(source.samples)
+            if hidden > 0:
+                out.append(f"       ... {hidden} more (--limit)")
+        return out
+
+
+async def check(settings: Settings, base: Path, *, limit: int) -> CheckReport:
+    """Reach the store and the agent and dry-run one poll of each strategy."""
     from .config import build_hub
 
     hub = build_hub(settings, base=base)
@@ -60,23 +99,7 @@ async def run_check(settings: Settings, base: Path, *, as_json: bool, limit: int
     parts.append(await _agent(hub))
     admission = Admission(default_region=settings.default_region, clock=SystemClock())
     sources = [await _poll(s, admission, known, limit) for s in hub.strategies]
-    ok = all(p.ok for p in parts) and all(s.ok for s in sources)
-    if as_json:
-        strategies = [
-            {
-                "name": s.name,
-                "ok": s.ok,
-                "detail": s.detail,
-                "counts": dict(s.counts),
-                "samples": [list(sample) for sample in s.samples],
-            }
-            for s in sources
-        ]
-        report = {"ok": ok, "parts": [asdict(p) for p in parts], "strategies": strategies}
-        print(json.dumps(report, indent=2))
-    else:
-        _print(parts, sources)
-    return 0 if ok else 1
+    return CheckReport(parts, sources)
 
 
 async def _agent(hub: DispatchHub) -> _Part:
@@ -97,7 +120,7 @@ async def _poll(
     report = _Source(strategy.name)
     try:
         await strategy.open()
-        items = await _items(strategy)
+        items = [item async for item in poll_items(strategy)]
     except Exception as exc:
         return _Source(strategy.name, ok=False, detail=f"{type(exc).__name__}: {exc}")
     finally:
@@ -123,27 +146,3 @@ async def _poll(
         if len(report.samples) < limit:
             report.samples.append((decision, item.id, why))
     return report
-
-
-async def _items(strategy: Strategy) -> list[Any]:
-    result = strategy.poll()
-    if hasattr(result, "__aiter__"):
-        return [item async for item in result]
-    return list(await result)
-
-
-def _print(parts: list[_Part], sources: list[_Source]) -> None:
-    for part in parts:
-        print(f"{'ok  ' if part.ok else 'FAIL'} {part.name}: {part.detail}")
-    for source in sources:
-        if not source.ok:
-            print(f"FAIL strategy {source.name}: {source.detail}")
-            continue
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(source.counts.items())) or "no records"
-        print(f"ok   strategy {source.name}: one poll: {counts}")
-        for decision, record_id, why in source.samples:
-            print(f"       {decision:<5} {record_id:<24} {why}")
-        shown = len(source.samples)
-        total = sum(source.counts.values())
-        if total > shown:
-            print(f"       ... {total - shown} more (--limit)")

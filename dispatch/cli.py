@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -109,11 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         elif args.command == "check":
-            from .check import run_check
+            from .check import check
 
-            return anyio.run(
-                functools.partial(run_check, settings, base, as_json=args.json, limit=args.limit)
-            )
+            found = anyio.run(functools.partial(check, settings, base, limit=args.limit))
+            print(json.dumps(found.as_json(), indent=2) if args.json else "\n".join(found.lines()))
+            return EXIT_OK if found.ok else EXIT_FAILURE
         elif args.command == "db":
             anyio.run(_upgrade, settings, base)
         else:

@@ -311,7 +311,7 @@ class DispatchHub:
         while True:
             source.polling = True
             try:
-                await self._intake(source, self._poll(source.strategy))
+                await self._intake(source, poll_items(source.strategy))
             except Exception as exc:
                 logger.error(
                     "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
@@ -365,17 +365,6 @@ class DispatchHub:
             )
         except StoreError as exc:
             logger.warning("store.queue_snapshot_failed strategy=%s error=%s", source.name, exc)
-
-    @staticmethod
-    async def _poll(strategy: Strategy) -> AsyncIterator[PollItem]:
-        result = strategy.poll()
-        if isinstance(result, AsyncIterator):
-            async for item in result:
-                yield item
-        else:
-            items: Iterable[PollItem] = await result
-            for item in items:
-                yield item
 
     async def _intake(self, source: Source, items: AsyncIterator[PollItem]) -> None:
         skips: list[tuple[Record, Skip, int]] = []
@@ -509,6 +498,18 @@ class DispatchHub:
                 s.skipped,
                 s.already_handled,
             )
+
+
+async def poll_items(strategy: Strategy) -> AsyncIterator[PollItem]:
+    """One poll of ``strategy``, whichever form its ``poll()`` takes (iterable or generator)."""
+    result = strategy.poll()
+    if isinstance(result, AsyncIterator):
+        async for item in result:
+            yield item
+    else:
+        items: Iterable[PollItem] = await result
+        for item in items:
+            yield item
 
 
 def _merge_pacing(

@@ -255,10 +255,7 @@ def test_a_row_saved_while_the_daemon_runs_is_dialed_and_written_back(tmp_path: 
         with leads.open("a") as f:  # the operator saves a new row; the next poll is an hour off
             f.write("r2,+14155552602,Bob\n")
         daemon.wait_for("call.ended record=r2")
-        deadline = time.monotonic() + 30
-        while leads.read_text().count("completed") < 2:  # written back by the outbox
-            assert time.monotonic() < deadline, leads.read_text()
-            time.sleep(0.05)
+        # On SIGTERM the outbox delivers (writes back) every due outcome before exiting.
         assert daemon.stop() == 0, daemon.output
     assert leads.read_text().splitlines() == [
         "id,phone,name,Status",
