@@ -98,12 +98,10 @@ class CsvFile:
         self.settle = settle
         self.delimiter = delimiter or ","
         self.header: list[str] = []
-        self.raw_header: list[str] = []
         self.stamp: FileStamp | None = None
         self.offset = 0  # bytes of complete rows consumed
         self.lines = 0  # physical lines consumed
         self.held_back = False  # an unfinished last row was left for the next read
-        self.bom = False
         self._head = b""  # the first bytes, to tell an append from a rewrite
         self._tail = b""  # the bytes just before `offset`, likewise
 
@@ -159,9 +157,8 @@ class CsvFile:
     def _parse(self, data: bytes, stamp: FileStamp, *, full: bool) -> Chunk:
         start = 0
         if full:
-            self.bom = data.startswith(_BOM)
-            start = len(_BOM) if self.bom else 0
-            self.offset, self.lines, self.header, self.raw_header = start, 0, [], []
+            start = len(_BOM) if data.startswith(_BOM) else 0
+            self.offset, self.lines, self.header = start, 0, []
         settled = self._settled(stamp)
         end = len(data) if settled else data.rfind(b"\n") + 1
         end = max(end, start)
@@ -196,7 +193,6 @@ class CsvFile:
             for fields in reader:
                 before = reader.line_num
                 if any(f.strip() for f in fields):
-                    self.raw_header = fields
                     self.header = [header_key(f) for f in fields]
                     break
         if '"' not in text:
