@@ -24,6 +24,7 @@ import anyio.to_thread
 from dispatch.errors import DispatchError
 
 from ._csvfile import FileStamp, header_key, sniff_delimiter
+from ._writeback import WriteBack
 
 __all__ = ["ResultsFile", "WriteBack", "WriteBackError", "neutralize"]
 
@@ -43,25 +44,6 @@ def neutralize(value: str) -> str:
     """A cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first)
     gets a leading apostrophe, which spreadsheets show as text (OWASP's advice)."""
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
-
-
-@dataclass(frozen=True, slots=True)
-class WriteBack:
-    """Which columns of the operator's CSV receive outcomes; absent columns are appended.
-
-    ``status_column`` gets ``dispatched``, ``completed: <reason>``, ``failed: <error>`` or
-    ``skipped: <reason>``; ``call_id_column`` the platform's call id; ``time_column`` the UTC
-    time the outcome was written.
-    """
-
-    status_column: str = "dispatch_status"
-    call_id_column: str | None = None
-    time_column: str | None = None
-    attempts: int = 5  # tries when the file keeps changing under us
-
-    def columns(self) -> list[str]:
-        named = [self.status_column, self.call_id_column, self.time_column]
-        return [c for c in named if c]
 
 
 @dataclass(slots=True)

@@ -28,7 +28,8 @@ from dispatch.record import Record
 
 from ._csvfile import Chunk, CsvFile, header_key
 from ._csvmap import Bound, Templates, skip_values
-from ._csvwrite import FileWriteBack, ResultsFile, WriteBack, WriteBackError, neutralize
+from ._csvwrite import FileWriteBack, ResultsFile, WriteBackError, neutralize
+from ._writeback import WriteBack, outcome_status
 
 __all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]
 
@@ -309,7 +310,7 @@ class CsvStrategy(Strategy):
 
     async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
         if self._writer is not None or self._results is not None:
-            status, call_id = _status(callback, args)
+            status, call_id = outcome_status(callback, args)
             at = datetime.now(UTC).isoformat(timespec="seconds")
             if self._writer is not None:
                 assert self.write_back is not None
@@ -327,15 +328,6 @@ class CsvStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"CsvStrategy(name={self.name!r}, path={str(self.path)!r})"
-
-
-def _status(callback: CallbackName, args: tuple[str, ...]) -> tuple[str, str]:
-    """The status cell and call id for an outcome."""
-    if callback == "on_dispatched":
-        return "dispatched", args[0]
-    if callback == "on_completed":
-        return f"completed: {args[1]}", args[0]
-    return f"{callback.removeprefix('on_')}: {args[0]}", ""
 
 
 @contextmanager
