@@ -42,6 +42,7 @@ _EXPORTS = {
     "SkipReason": ".states",
     "SlidingWindowLimiter": ".pacing",
     "Store": ".store",
+    "SourceError": ".errors",
     "StoreError": ".errors",
     "Strategy": ".abc",
     "SystemClock": ".clock",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         DialUnknown,
         DispatchError,
         InvalidPhone,
+        SourceError,
         StoreError,
     )
     from .hub import DispatchHub, HubStatistics
@@ -129,6 +131,7 @@ __all__ = [
     "SimulatedAgent",
     "SkipReason",
     "SlidingWindowLimiter",
+    "SourceError",
     "Store",
     "StoreError",
     "Strategy",

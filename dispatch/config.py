@@ -1,9 +1,9 @@
 """Configuration: a TOML file, overridable by ``DISPATCH_...`` environment variables.
 
 Every key maps onto a constructor argument of the library (``DispatchHub``, ``Pacing``,
-``RetryPolicy``, ``SimulatedAgent``, ``CsvStrategy``), so nothing here is out of reach from
-Python. Relative paths (the CSV file, a SQLite database) are resolved against the directory
-holding the configuration file.
+``RetryPolicy``, ``SimulatedAgent``, ``CsvStrategy``, ``SqlStrategy``), so nothing here is out of
+reach from Python. Relative paths (the CSV file, a SQLite database) are resolved against the
+directory holding the configuration file.
 
 Environment overrides use ``__`` between levels: ``DISPATCH_PACING__MAX_CONCURRENT=5``,
 ``DISPATCH_STORE__URL=postgresql://...``. They win over the file.
@@ -15,11 +15,11 @@ import importlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from .abc import Agent, Strategy
 from .agents import SimulatedAgent
@@ -28,6 +28,9 @@ from .hub import DispatchHub
 from .options import Pacing, RecoverMode, RetryPolicy
 from .outbox import Backoff
 
+if TYPE_CHECKING:
+    from strategies._writeback import WriteBack
+
 __all__ = [
     "AgentConfig",
     "CsvStrategyConfig",
@@ -35,6 +38,8 @@ __all__ = [
     "PinecallAgentConfig",
     "PythonStrategyConfig",
     "Settings",
+    "SqlStrategyConfig",
+    "WriteBackConfig",
     "build_hub",
     "load_settings",
 ]
@@ -145,16 +150,19 @@ class PinecallAgentConfig(_Section):
 AgentConfig = Annotated[SimulatedAgentConfig | PinecallAgentConfig, Field(discriminator="kind")]
 
 
-class CsvWriteBackConfig(_Section):
+class WriteBackConfig(_Section):
     status_column: str = Field("dispatch_status", min_length=1)
     call_id_column: str | None = None
     time_column: str | None = None
 
 
-class CsvStrategyConfig(_Section):
-    kind: Literal["csv"]
+CsvWriteBackConfig = WriteBackConfig  # its first name
+
+
+class _RowTemplates(_Section):
+    """How a row (a CSV line, a table row) becomes a record: templates over its columns."""
+
     name: str | None = None
-    path: Path
     id: str | None = None
     phone: str = "{phone}"
     greeting: str | None = None
@@ -162,26 +170,69 @@ class CsvStrategyConfig(_Section):
     prompt_vars: dict[str, str] = Field(default_factory=dict)
     from_: str | None = Field(None, alias="from")
     timezone: str | None = None
+    write_back: WriteBackConfig | None = None
+
+    def _write_back(self) -> WriteBack | None:
+        from strategies._writeback import WriteBack
+
+        return WriteBack(**self.write_back.model_dump()) if self.write_back else None
+
+
+class CsvStrategyConfig(_RowTemplates):
+    kind: Literal["csv"]
+    path: Path
     skip_if: dict[str, list[str]] = Field(default_factory=dict)
     delimiter: str | None = Field(None, min_length=1, max_length=1)
     encoding: str = "utf-8"
     watch: bool = True
     settle: float = Field(1.0, ge=0)
     rescan_interval: float = Field(300.0, gt=0)
-    write_back: CsvWriteBackConfig | None = None
     results_path: Path | None = None
 
     def build(self, base: Path) -> Strategy:
         # strategies depend on dispatch, not the reverse
-        from strategies.csv import CsvStrategy, WriteBack
+        from strategies.csv import CsvStrategy
 
         options = self.model_dump(exclude={"kind", "path", "write_back", "results_path"})
         return CsvStrategy(
             _resolve(base, self.path),
-            write_back=WriteBack(**self.write_back.model_dump()) if self.write_back else None,
+            write_back=self._write_back(),
             results_path=_resolve(base, self.results_path) if self.results_path else None,
             **options,
         )
+
+
+class SqlStrategyConfig(_RowTemplates):
+    kind: Literal["sql"]
+    url: str = Field(min_length=1, description="SQLAlchemy URL; the password may be left out.")
+    password_file: Path | None = Field(None, description="A file holding the password.")
+    table: str = Field(min_length=1)
+    where: str | None = None
+    due_column: str | None = None
+    fetch_size: int = Field(5000, ge=1)
+
+    def build(self, base: Path) -> Strategy:
+        from strategies.sql import SqlStrategy
+
+        options = self.model_dump(exclude={"kind", "url", "password_file", "table", "write_back"})
+        return SqlStrategy(
+            self.database_url(base), self.table, write_back=self._write_back(), **options
+        )
+
+    def database_url(self, base: Path) -> URL:
+        """The URL with a relative SQLite path resolved against ``base`` and the password
+        from ``password_file`` (a systemd credential, say) filled in."""
+        url = _anchored(make_url(self.url), base)
+        if self.password_file is not None:
+            path = _resolve(base, self.password_file)
+            try:
+                password = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"strategies: password_file: cannot read {path}: {exc.strerror}"
+                ) from None
+            url = url.set(password=password)
+        return url
 
 
 class PythonStrategyConfig(_Section):
@@ -207,7 +258,9 @@ class PythonStrategyConfig(_Section):
         return strategy
 
 
-StrategyConfig = Annotated[CsvStrategyConfig | PythonStrategyConfig, Field(discriminator="kind")]
+StrategyConfig = Annotated[
+    CsvStrategyConfig | SqlStrategyConfig | PythonStrategyConfig, Field(discriminator="kind")
+]
 
 
 class Settings(BaseSettings):
@@ -272,11 +325,14 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(f"{path}: {_describe(exc)}") from None
 
 
+_TAGS = ("csv", "sql", "python", "simulated", "pinecall")
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         # Discriminated unions add the tag ("csv") to the location; drop it for readability.
-        loc = [p for p in error["loc"] if p not in ("csv", "python", "simulated", "pinecall")]
+        loc = [p for p in error["loc"] if p not in _TAGS]
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         message = error["msg"]
         if error["type"] == "extra_forbidden":
@@ -291,11 +347,14 @@ def _resolve(base: Path, path: Path) -> Path:
 
 def store_url(settings: Settings, base: Path) -> str:
     """The store URL with a relative SQLite path resolved against ``base``."""
-    url = make_url(settings.store.url)
+    return _anchored(make_url(settings.store.url), base).render_as_string(hide_password=False)
+
+
+def _anchored(url: URL, base: Path) -> URL:
     database = url.database
     if url.get_backend_name() == "sqlite" and database and database != ":memory:":
         url = url.set(database=str(_resolve(base, Path(database))))
-    return url.render_as_string(hide_password=False)
+    return url
 
 
 def build_hub(

@@ -15,6 +15,7 @@ __all__ = [
     "DialUnknown",
     "DispatchError",
     "InvalidPhone",
+    "SourceError",
     "StoreError",
 ]
 
@@ -29,6 +30,11 @@ class ConfigError(DispatchError):
 
 class StoreError(DispatchError):
     """The store could not be reached or a write failed; the driver error is chained."""
+
+
+class SourceError(DispatchError):
+    """A strategy could not read its source or write an outcome to it (a database down, a
+    query refused); the driver error is chained. The hub logs it and polls again."""
 
 
 class InvalidPhone(DispatchError, ValueError):

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .csv import CsvStrategy, RowMapper, WriteBack, WriteBackError, neutralize
+from .sql import SqlStrategy
 
-__all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]
+__all__ = ["CsvStrategy", "RowMapper", "SqlStrategy", "WriteBack", "WriteBackError", "neutralize"]

@@ -13,6 +13,7 @@ import pytest
 POSTGRES_ADMIN_URL = os.environ.get(
     "DISPATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+MARIADB_HOST = os.environ.get("DISPATCH_TEST_MARIADB_HOST", "127.0.0.1")
 REQUIRE_SERVICES = os.environ.get("DISPATCH_REQUIRE_SERVICES") == "1"
 
 
@@ -59,6 +60,45 @@ async def postgres_url() -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def mariadb_url() -> AsyncIterator[str]:
+    """A fresh, empty MariaDB database for one test (root, no password), dropped afterwards."""
+    import aiomysql  # type: ignore[import-untyped]
+
+    name = f"dispatch_test_{uuid.uuid4().hex[:12]}"
+
+    async def execute(statement: str) -> None:
+        conn = await aiomysql.connect(host=MARIADB_HOST, port=3306, user="root", password="")
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(statement)
+        finally:
+            conn.close()
+
+    try:
+        await execute(f"CREATE DATABASE `{name}`")
+    except OSError as exc:
+        service_unavailable("MariaDB", exc)
+    except aiomysql.OperationalError as exc:
+        service_unavailable("MariaDB", exc)
+    try:
+        yield f"mysql://root@{MARIADB_HOST}:3306/{name}"
+    finally:
+        await execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def sql_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def any_sql_url(sql_backend: str, request: pytest.FixtureRequest) -> str:
+    """An empty database of every backend the SQL strategy reads."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}.get(sql_backend, "mariadb_url")
+    return str(request.getfixturevalue(fixture))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

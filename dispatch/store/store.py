@@ -42,12 +42,24 @@ _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncp
 
 def async_url(url: str | URL) -> URL:
     """Map a plain ``sqlite:///`` or ``postgresql://`` URL onto its async driver."""
+    parsed = with_async_driver(url, _ASYNC_DRIVERS)
+    if parsed is None:
+        raise StoreError(
+            f"unsupported store {make_url(url).get_backend_name()!r}: use sqlite:/// or "
+            "postgresql://"
+        )
+    return parsed
+
+
+def with_async_driver(url: str | URL, drivers: Mapping[str, str]) -> URL | None:
+    """``url`` with the async driver ``drivers`` names for its backend when it names none
+    (``postgresql://`` -> ``postgresql+asyncpg://``); None for a backend not in ``drivers``."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
-    if backend not in _ASYNC_DRIVERS:
-        raise StoreError(f"unsupported store {backend!r}: use sqlite:/// or postgresql://")
-    if parsed.drivername == backend or "+" not in parsed.drivername:
-        parsed = parsed.set(drivername=_ASYNC_DRIVERS[backend])
+    if backend not in drivers:
+        return None
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=drivers[backend])
     return parsed
 
 

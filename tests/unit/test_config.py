@@ -6,7 +6,7 @@ import pytest
 
 from dispatch import ConfigError, DispatchHub, Record
 from dispatch.config import build_hub, load_settings, store_url
-from strategies import CsvStrategy, WriteBack
+from strategies import CsvStrategy, SqlStrategy, WriteBack
 
 MINIMAL = """
 [[strategies]]
@@ -150,3 +150,44 @@ def test_the_pinecall_key_comes_from_the_environment_a_file_or_a_credential(
 
     monkeypatch.setenv("PINECALL_API_KEY", "pk_from_env")
     assert build_hub(settings, base=tmp_path).agent._api_key == "pk_from_env"  # type: ignore[attr-defined]
+
+
+def test_a_sql_strategy_takes_its_password_from_a_file_and_never_shows_it(tmp_path: Path) -> None:
+    (tmp_path / "crm_password").write_text("hunter2\n")
+    text = """
+[[strategies]]
+kind = "sql"
+url = "postgresql://dialer@db.example/crm"
+password_file = "crm_password"
+table = "sales.leads"
+where = "status = 'new'"
+due_column = "call_after"
+greeting = "Hi {first_name}"
+fetch_size = 100
+[strategies.write_back]
+call_id_column = "call_id"
+"""
+    hub = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)
+    strategy = hub._sources[0].strategy
+    assert isinstance(strategy, SqlStrategy)
+    assert strategy.url.password == "hunter2"
+    assert (strategy.name, strategy.table, strategy.where) == (
+        "leads",
+        "sales.leads",
+        "status = 'new'",
+    )
+    assert (strategy.due_column, strategy.fetch_size) == ("call_after", 100)
+    assert strategy.write_back == WriteBack(call_id_column="call_id")
+    assert strategy.templates.greeting == "Hi {first_name}"
+    assert "hunter2" not in repr(strategy)
+
+    (tmp_path / "crm_password").unlink()
+    with pytest.raises(ConfigError, match="password_file: cannot read"):
+        build_hub(load_settings(write(tmp_path, text)), base=tmp_path)
+
+
+def test_a_sqlite_source_is_found_beside_the_configuration(tmp_path: Path) -> None:
+    text = '[[strategies]]\nkind = "sql"\nurl = "sqlite:///crm.db"\ntable = "leads"\n'
+    strategy = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)._sources[0].strategy
+    assert isinstance(strategy, SqlStrategy)
+    assert strategy.url.database == str(tmp_path / "crm.db")

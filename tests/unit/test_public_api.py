@@ -36,9 +36,9 @@ def test_every_name_in_all_exists() -> None:
 
 
 def test_the_builtin_strategies_are_exported() -> None:
-    from strategies import csv
+    from strategies import csv, sql
 
-    assert set(csv.__all__) <= set(strategies.__all__)
+    assert set(csv.__all__) | set(sql.__all__) <= set(strategies.__all__)
 
 
 def test_every_error_derives_from_dispatch_error() -> None:
