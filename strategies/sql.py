@@ -346,7 +346,7 @@ class SqlStrategy(Strategy):
             yield
         except (SQLAlchemyError, OSError) as exc:
             raise SourceError(
-                f"strategy {self.name}: {doing} table {self.table!r} failed: {self._brief(exc)}"
+                f"{doing} table {self.table!r} failed: {self._brief(exc)}"
             ) from exc
 
     def _brief(self, exc: BaseException) -> str:
