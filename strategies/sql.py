@@ -204,8 +204,18 @@ class SqlStrategy(Strategy):
         previous = self._rows
         id_index = bound.id_column
         for row in rows:
+            try:
+                fingerprint = hash(row)
+            except TypeError:  # a JSON or array value
+                fingerprint = hash(tuple(map(str, row)))
+            if id_index is not None:
+                # The common case, a row unchanged since the last poll, costs no rendering.
+                value = row[id_index]
+                record_id = "" if value is None else str(value).strip()
+                if previous.get(record_id) == fingerprint and record_id not in seen:
+                    seen[record_id] = fingerprint
+                    continue
             cells = ["" if value is None else str(value).strip() for value in row]
-            fingerprint = hash(tuple(cells))
             record_id = cells[id_index] if id_index is not None else _rendered_id(bound, cells)
             if not record_id:  # reported under a name that stays the same while the row does
                 record_id = f"row:{zlib.crc32(chr(31).join(cells).encode()):08x}"
@@ -345,9 +355,7 @@ class SqlStrategy(Strategy):
         try:
             yield
         except (SQLAlchemyError, OSError) as exc:
-            raise SourceError(
-                f"{doing} table {self.table!r} failed: {self._brief(exc)}"
-            ) from exc
+            raise SourceError(f"{doing} table {self.table!r} failed: {self._brief(exc)}") from exc
 
     def _brief(self, exc: BaseException) -> str:
         """The driver's own words (not SQLAlchemy's wrapper with the statement), first line,
