@@ -10,6 +10,7 @@ MODULES = [
     "bench.limiter",
     "bench.hub_throughput",
     "bench.csv_read",
+    "bench.sql_poll",
     "bench.memory",
     "bench.startup",
 ]

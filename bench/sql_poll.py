@@ -152,7 +152,11 @@ async def main() -> None:
     args = parser.parse_args()
     admin_url = make_url(ADMIN)
     name = f"dispatch_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN.replace("postgresql://", "postgres://", 1))
+    try:
+        admin = await asyncpg.connect(ADMIN.replace("postgresql://", "postgres://", 1))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"sql poll: skipped, PostgreSQL at {admin_url!r} is not reachable: {exc}")
+        return
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = admin_url.set(database=name).render_as_string(hide_password=False)

@@ -93,7 +93,8 @@ class SqlStrategy(Strategy):
 
     Which rows: ``where`` is a SQL condition inserted as written (it comes from the operator's
     configuration, never from data), ``due_column`` a timestamp column: a row is due once it is
-    NULL or not after now (a column without a time zone is read as UTC). With ``write_back``,
+    NULL or not after now (a column without a time zone is read as UTC). Rows come oldest due
+    first (where NULL sorts is the database's choice), then by id. With ``write_back``,
     outcomes are written into the row and a row with an outcome leaves the poll, so a large
     table is not read again and again. The table must have the write-back columns.
 
@@ -302,6 +303,11 @@ class SqlStrategy(Strategy):
                 )
             conditions.append(or_(status.is_(None), status.in_(_UNFINISHED)))
         order = [key] if key is not None else list(table.primary_key.columns)
+        # Oldest due first. The tie-breaker matters beyond determinism: ordered by the due
+        # column alone, PostgreSQL may walk the whole index in order rather than fetch the
+        # few due rows and sort them (80 ms instead of 1 ms on a million rows).
+        if due is not None:
+            order.insert(0, due)
         query = select(*(table.c[n] for n in columns)).where(*conditions).order_by(*order)
         naive = due is not None and not getattr(due.type, "timezone", False)
         return _View(table, columns, bound, query, due, naive, key)
