@@ -175,6 +175,28 @@ async def test_write_back_records_outcomes_and_a_finished_row_leaves_the_poll(cr
         await strategy.aclose()
 
 
+async def test_a_failed_write_back_raises_for_the_outbox_to_retry_and_long_text_is_cut(
+    crm: Crm,
+) -> None:
+    await crm.add(lead(1))
+    strategy = SqlStrategy(crm.url, "leads", write_back=OUTCOME)
+    try:
+        (one,) = await polled(strategy)
+        async with crm.engine.begin() as conn:  # the table is away for maintenance
+            await conn.exec_driver_sql("ALTER TABLE leads RENAME TO leads_old")
+        with pytest.raises(SourceError, match="writing record 1 to table 'leads' failed"):
+            await strategy.deliver("on_failed", one, "unknown: " + "no word from the platform " * 5)
+        async with crm.engine.begin() as conn:
+            await conn.exec_driver_sql("ALTER TABLE leads_old RENAME TO leads")
+
+        await strategy.deliver("on_failed", one, "unknown: " + "no word from the platform " * 5)
+
+        status = (await crm.row(1))["dispatch_status"]
+        assert status == ("failed: unknown: " + "no word from the platform " * 5)[:60]
+    finally:
+        await strategy.aclose()
+
+
 async def test_a_row_that_cannot_be_mapped_is_malformed_and_the_others_are_read(
     crm: Crm, caplog: pytest.LogCaptureFixture
 ) -> None:
