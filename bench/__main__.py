@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -17,7 +16,5 @@ MODULES = [
 
 for module in MODULES:
     subprocess.run([sys.executable, "-m", module], check=True)
-# The same dispatch throughput on PostgreSQL, when one is configured.
-if os.environ.get("DISPATCH_BENCH_POSTGRES"):
-    store = os.environ["DISPATCH_BENCH_POSTGRES"]
-    subprocess.run([sys.executable, "-m", "bench.hub_throughput", "--store", store], check=True)
+# The same dispatch throughput on PostgreSQL (the local server, or DISPATCH_BENCH_POSTGRES).
+subprocess.run([sys.executable, "-m", "bench.hub_throughput", "--postgres"], check=True)

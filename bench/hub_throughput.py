@@ -2,7 +2,9 @@
 against the store's raw write path alone (the same intent, call id and outcome writes with
 their outbox rows, no hub; the hub also delivers the callbacks and marks them delivered).
 
-    python -m bench.hub_throughput --records 20000 [--store postgresql://...]
+    python -m bench.hub_throughput --records 20000            # on a fresh SQLite file per run
+    python -m bench.hub_throughput --postgres                   # on a scratch PostgreSQL database
+                                                                # per run (DISPATCH_BENCH_POSTGRES)
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
+from bench._postgres import Unreachable, scratch_database
 from dispatch import AttemptState, CallEnd, DispatchHub, Record, RecordState, Store, Strategy
 from dispatch.abc import Agent, Call, DialRequest
 from dispatch.store.outbox import Callback
@@ -112,12 +116,28 @@ async def raw_store(url: str, count: int, concurrency: int) -> tuple[float, floa
     return result
 
 
+async def fresh(
+    bench: Callable[[str, int, int], Awaitable[tuple[float, float]]],
+    postgres: bool,
+    count: int,
+    concurrency: int,
+) -> tuple[float, float]:
+    """Run ``bench`` on an empty store: a new SQLite file, or a scratch PostgreSQL database."""
+    if postgres:
+        async with scratch_database() as url:
+            return await bench(url, count, concurrency)
+    with tempfile.TemporaryDirectory() as tmp:
+        return await bench(f"sqlite:///{Path(tmp) / 'bench.db'}", count, concurrency)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--store", help="a store URL (default: a fresh SQLite file per run)")
+    parser.add_argument(
+        "--postgres", action="store_true", help="a scratch PostgreSQL database per run"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the hub logs every call at INFO; keep the figures clean
 
@@ -128,16 +148,18 @@ def main() -> None:
     ):
         walls, cpus = [], []
         for _ in range(args.runs):
-            with tempfile.TemporaryDirectory() as tmp:
-                url = args.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
-                wall, cpu = anyio.run(bench, url, args.records, args.concurrency)
+            try:
+                wall, cpu = anyio.run(fresh, bench, args.postgres, args.records, args.concurrency)
+            except Unreachable as exc:
+                print(f"dispatch throughput: skipped, {exc}")
+                return
             walls.append(wall)
             cpus.append(cpu)
         rows.append((label, walls, cpus))
 
     print(
         f"dispatch throughput: {args.records} records, concurrency {args.concurrency}, "
-        f"{args.runs} runs, store {args.store or 'SQLite file'}"
+        f"{args.runs} runs, store {'PostgreSQL' if args.postgres else 'SQLite file'}"
     )
     print(f"{'path':<28}{'records/s (median, min-max)':>34}{'CPU us/record':>16}")
     for label, walls, cpus in rows:

@@ -1,8 +1,8 @@
 """SQL: a SqlStrategy's due-row poll on a large PostgreSQL table.
 
-python -m bench.sql_poll                             # 1,000,000 rows, 1,000 due (about 45 s)
+python -m bench.sql_poll                             # 1,000,000 rows, 1,000 due (about 35 s)
 python -m bench.sql_poll --rows 200000 --due 5000
-DISPATCH_BENCH_POSTGRES=postgresql://user@host/db    # where to create the scratch database
+DISPATCH_BENCH_POSTGRES=postgresql://user@host/db    # the server (default: the local one)
 
 A scratch database is created beside the given one and dropped afterwards. Its ``leads``
 table holds ``--rows`` rows: ``--due`` are due (``call_after`` an hour ago), 500 more come
@@ -26,23 +26,19 @@ Figures:
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+from bench._postgres import Unreachable, connect, scratch_database
 from bench.csv_read import spread
 from dispatch.testing import ManualClock
 from strategies.sql import SqlStrategy, WriteBack
 
-ADMIN = os.environ.get("DISPATCH_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 BASE = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 COMING = 5  # batches of 100 rows that come due during the run
 
@@ -93,7 +89,7 @@ async def plan(strategy: SqlStrategy) -> str:
 
 
 async def bench(url: str, rows: int, due: int, repeats: int) -> None:
-    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://", 1))
+    conn = await connect(url)
     start = time.perf_counter()
     await conn.execute(TABLE)
     await conn.execute(FILL, rows, due, BASE, COMING)
@@ -150,20 +146,11 @@ async def main() -> None:
     parser.add_argument("--due", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    admin_url = make_url(ADMIN)
-    name = f"dispatch_bench_{uuid.uuid4().hex[:8]}"
     try:
-        admin = await asyncpg.connect(ADMIN.replace("postgresql://", "postgres://", 1))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"sql poll: skipped, PostgreSQL at {admin_url!r} is not reachable: {exc}")
-        return
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = admin_url.set(database=name).render_as_string(hide_password=False)
-        await bench(url, args.rows, args.due, args.repeats)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        async with scratch_database() as url:
+            await bench(url, args.rows, args.due, args.repeats)
+    except Unreachable as exc:
+        print(f"sql poll: skipped, {exc}")
 
 
 if __name__ == "__main__":
