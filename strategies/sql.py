@@ -165,8 +165,14 @@ class SqlStrategy(Strategy):
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
+            # MySQL shows TIMESTAMP columns in the session's time zone: make that UTC, as the
+            # due time is compared in UTC.
+            mysql = self.url.get_backend_name() in ("mysql", "mariadb")
+            connect_args = {"init_command": "SET time_zone = '+00:00'"} if mysql else {}
             # pre_ping: a connection the server dropped between polls is replaced, not an error.
-            self._engine = create_async_engine(self.url, pool_pre_ping=True)
+            self._engine = create_async_engine(
+                self.url, pool_pre_ping=True, connect_args=connect_args
+            )
         return self._engine
 
     async def open(self) -> None:

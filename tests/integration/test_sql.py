@@ -330,6 +330,15 @@ async def test_a_connection_the_server_dropped_between_polls_is_replaced(
         await engine.dispose()
 
 
+async def test_mysql_sessions_read_timestamps_in_utc(mariadb_url: str) -> None:
+    strategy = SqlStrategy(mariadb_url, "leads")
+    try:
+        async with strategy.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT @@session.time_zone")).scalar() == "+00:00"
+    finally:
+        await strategy.aclose()
+
+
 async def test_the_password_never_shows_in_the_strategy() -> None:
     strategy = SqlStrategy("postgresql://dialer:hunter2@db.example/crm", "crm.leads")
     assert strategy.name == "leads"
