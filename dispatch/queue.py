@@ -31,6 +31,7 @@ class Source:
     strategy: Strategy
     known: dict[str, KnownRecord] = field(default_factory=dict)
     pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
+    taken: int = 0  # entries deleted from `pending` since it was last compacted
     in_flight: set[str] = field(default_factory=set)
     waiting: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (due, entry)
     polls: int = 0  # successful polls
@@ -48,6 +49,20 @@ class Source:
     @property
     def name(self) -> str:
         return self.strategy.name
+
+    def take(self, record_id: str) -> None:
+        """Remove ``record_id`` from ``pending``, taken for dialing.
+
+        A dict does not shrink when entries are deleted: iterating it walks the holes its
+        deleted entries left, so taking records from the front of a large queue one by one
+        would cost O(n) each. It is copied, compacting it, once as many entries were taken
+        as it still holds (amortised O(1) per record).
+        """
+        del self.pending[record_id]
+        self.taken += 1
+        if self.taken > 64 and self.taken > len(self.pending):
+            self.pending = dict(self.pending)
+            self.taken = 0
 
     def queued(self, record_id: str) -> bool:
         return record_id in self.pending or record_id in self.in_flight or record_id in self.waiting
@@ -113,7 +128,7 @@ class DispatchQueue:
                 source = self.sources[(self._rr + offset) % count]
                 for record_id, record in source.pending.items():
                     if record.phone not in self._phones_busy:
-                        del source.pending[record_id]
+                        source.take(record_id)
                         source.in_flight.add(record_id)
                         self._phones_busy.add(record.phone)
                         self._rr = (self._rr + offset + 1) % count

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
 __all__ = ["attempts", "metadata", "outbox", "records", "sources"]
@@ -103,7 +104,13 @@ outbox = Table(
     Column("next_at", UtcDateTime(), nullable=False),
     Column("delivered_at", UtcDateTime()),
     Column("last_error", String(500)),
-    Index(None, "delivered_at", "next_at"),
+    # The worker walks the undelivered rows in id order (migration 0005 says why).
+    Index(
+        "ix_outbox_undelivered",
+        "id",
+        sqlite_where=text("delivered_at IS NULL"),
+        postgresql_where=text("delivered_at IS NULL"),
+    ),
     Index(None, "strategy", "record_id", "id"),
 )
 

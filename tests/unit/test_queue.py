@@ -77,3 +77,21 @@ async def test_delayed_records_enter_the_queue_at_their_time_even_if_added_out_o
         assert (await q.take())[1].id == "late"
         assert q.idle() is False  # both in flight
         tg.cancel_scope.cancel()
+
+
+async def test_a_large_queue_keeps_its_order_while_taken_records_are_compacted_away() -> None:
+    q = queue("s")
+    [source] = q.sources
+    phones = [f"+1415555{n:04d}" for n in range(1000)]
+    for n, phone in enumerate(phones):
+        q.admit(source, rec(f"r{n}", phone))
+    taken = []
+    for n in range(1000):
+        record = (await q.take())[1]
+        taken.append(record.id)
+        if n == 400:  # admitted mid-way: goes to the back
+            q.admit(source, rec("late", "+14155559999"))
+        q.release(source, record)
+    assert taken == [f"r{n}" for n in range(1000)]
+    assert (await q.take())[1].id == "late"
+    assert source.pending == {}
