@@ -282,6 +282,11 @@ class SqlStrategy(Strategy):
                 need(column, f"template {text_!r}")
                 used.append(column)
         due = need(self.due_column, "due_column") if self.due_column else None
+        if due is not None and not isinstance(due.type, DateTime | Date):
+            raise ConfigError(
+                f"strategy {self.name}: due_column {due.name!r} is {due.type}, not a date or "
+                "timestamp"
+            )
         own = [need(c, "write_back") for c in self.write_back.columns()] if self.write_back else []
         if templates.metadata is None:  # the whole row, but for our own columns
             columns = [n for n in names if table.c[n] not in own]
@@ -296,7 +301,9 @@ class SqlStrategy(Strategy):
             )
         conditions: list[ColumnElement[bool]] = []
         if self.where:
-            conditions.append(text(f"({self.where})"))  # type: ignore[arg-type]
+            # Verbatim: a colon is not a bind parameter here (PostgreSQL casts, times in text).
+            verbatim = self.where.replace(":", "\\:")
+            conditions.append(text(f"({verbatim})"))  # type: ignore[arg-type]
         if due is not None:
             conditions.append(or_(due.is_(None), due <= bindparam("now", type_=due.type)))
         if self.write_back:

@@ -238,6 +238,19 @@ async def test_a_missing_table_or_column_is_a_config_error_naming_it(crm: Crm) -
         SqlStrategy(crm.url, "leads", write_back=WriteBack(status_column="tag")),
         "holds 8 characters",
     )
+    await open_fails(
+        SqlStrategy(crm.url, "leads", due_column="first_name"),
+        "due_column 'first_name' is VARCHAR.*, not a date or timestamp",
+    )
+
+
+async def test_a_where_condition_is_passed_to_the_database_as_written(crm: Crm) -> None:
+    await crm.add(lead(1, status="new: web"), lead(2, status="new"), lead(3, status="old :x"))
+    strategy = SqlStrategy(crm.url, "leads", where="status IN ('new: web', 'old :x')")
+    try:
+        assert sorted(r.id for r in await polled(strategy)) == ["1", "3"]
+    finally:
+        await strategy.aclose()
 
 
 async def test_a_query_the_database_refuses_fails_the_poll_with_its_reason(crm: Crm) -> None:
