@@ -84,19 +84,24 @@ class Outbox:
             self._event = event = anyio.Event()  # set by wake() from here on
             finishing = self._finishing
             try:
-                full = await self._deliver_due()
+                fetched = await self._deliver_due()
+                full = fetched == self.batch
                 next_at = None if full else await ob.next_due(self.store.engine)
             except StoreError as exc:
                 logger.error("outbox.unreadable error=%s (retrying)", exc)
-                full, next_at = False, self.clock.now() + timedelta(seconds=self.backoff.initial)
-            if finishing and not full:  # the last pass goes on while batches come back full
+                fetched, full = 0, False
+                next_at = self.clock.now() + timedelta(seconds=self.backoff.initial)
+            # The last pass goes on until nothing is due: a delivered callback may have been
+            # holding back the next one of its record. (A failed one is due again later, so it
+            # is not fetched twice.)
+            if finishing and not fetched:
                 pending = await ob.backlog(self.store.engine)
                 if pending[0]:
                     logger.warning(
                         "outbox.pending rows=%d (delivered after the next start)", pending[0]
                     )
                 return
-            if full:
+            if full or finishing:
                 continue
             await self._wait(event, next_at)
 
@@ -117,8 +122,8 @@ class Outbox:
             await event.wait()
             tg.cancel_scope.cancel()
 
-    async def _deliver_due(self) -> bool:
-        """Deliver what is due; return True if the batch was full (more may be due).
+    async def _deliver_due(self) -> int:
+        """Deliver what is due, one batch; return how many rows it held.
 
         The due rows belong to distinct records (one head per record), so they are delivered
         concurrently without breaking the order within a record.
@@ -156,7 +161,7 @@ class Outbox:
             await self.store.delivery_failed(row.id, failures, next_at, error)
         if done:
             await self.store.delivered(done, self.clock.now())
-        return len(rows) == self.batch
+        return len(rows)
 
     async def _deliver(self, callback: ob.Callback) -> str | None:
         strategy = self.strategies.get(callback.strategy)

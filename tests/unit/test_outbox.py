@@ -239,3 +239,41 @@ async def test_the_final_pass_delivers_every_due_callback_not_just_one_batch(
             store.close()
     await store.aclose()
     assert sorted(e[1] for e in source.events) == ["r0", "r1", "r2", "r3", "r4"]
+
+
+async def test_the_final_pass_delivers_what_a_records_earlier_callback_held_back(
+    sqlite_url: str,
+) -> None:
+    from dispatch import RecordState, SkipReason, Store
+    from dispatch.outbox import Outbox
+    from dispatch.store.outbox import Callback
+
+    source = ListStrategy()
+    clock = ManualClock()
+    store = Store(sqlite_url)
+    await store.open()
+    record = rec("r0", A)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            # Two callbacks of one record: the second waits for the first to be delivered.
+            for reason in (SkipReason.EXPIRED, SkipReason.INVALID_PHONE):
+                await store.skipped(
+                    strategy="list",
+                    record_id=record.id,
+                    phone=record.phone,
+                    state=RecordState.SKIPPED,
+                    reason=reason,
+                    attempts_made=0,
+                    at=clock.now(),
+                    callback=Callback("list", "on_skipped", record, (reason.value,)),
+                )
+            outbox = Outbox(store, {"list": source}, clock=clock)
+            outbox.finish()
+            await outbox.run()
+            store.close()
+    await store.aclose()
+    assert source.events == [
+        ("skipped", "r0", "expired"),
+        ("skipped", "r0", "invalid_phone"),
+    ]
