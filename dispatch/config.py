@@ -319,6 +319,9 @@ def load_settings(path: str | Path) -> Settings:
         if "from_" in data:
             raise ConfigError(f"{path}: from: given twice (as from and from_)")
         data["from_"] = data.pop("from")
+    # The default agent, spelled out: an override such as DISPATCH_AGENT__TIME_SCALE is
+    # merged into the file's [agent], and needs its kind there to know what it overrides.
+    data.setdefault("agent", {"kind": "simulated"})
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -65,6 +65,15 @@ def test_the_environment_overrides_the_file(
     assert settings.poll_interval == 0.5
 
 
+def test_the_environment_overrides_the_default_agent_without_an_agent_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCH_AGENT__TIME_SCALE", "0.01")
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert settings.agent.kind == "simulated"
+    assert settings.agent.time_scale == 0.01  # type: ignore[union-attr]
+
+
 def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL))
     assert store_url(settings, tmp_path) == f"sqlite:///{tmp_path / 'dispatch.db'}"
