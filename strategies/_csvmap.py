@@ -84,11 +84,45 @@ class Templates:
     timezone: str | None
     skip_if: Mapping[str, frozenset[str]]
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        id: str | None,
+        phone: str,
+        greeting: str | None,
+        metadata: Mapping[str, str] | None,
+        prompt_vars: Mapping[str, str] | None,
+        from_: str | None,
+        timezone: str | None,
+        skip_if: Mapping[str, Iterable[str]] | None = None,
+    ) -> Templates:
+        """The templates as a strategy's keyword arguments give them, checked."""
+        templates = cls(
+            id=id,
+            phone=phone,
+            greeting=greeting,
+            metadata=dict(metadata) if metadata is not None else None,
+            prompt_vars=dict(prompt_vars or {}),
+            from_=from_,
+            timezone=timezone,
+            skip_if=skip_values(skip_if),
+        )
+        templates.check()
+        return templates
+
+    def texts(self) -> list[str]:
+        """Every template given (not the defaults a header decides)."""
+        optional = [self.id, self.greeting, self.from_, self.timezone]
+        return [
+            self.phone,
+            *filter(None, optional),
+            *(self.metadata or {}).values(),
+            *self.prompt_vars.values(),
+        ]
+
     def check(self) -> None:
-        optional = (self.id, self.greeting, self.from_, self.timezone)
-        for text in (self.phone, *filter(None, optional), *(self.metadata or {}).values()):
-            check_template(text)
-        for text in self.prompt_vars.values():
+        for text in self.texts():
             check_template(text)
 
     def bind(self, header: list[str]) -> Bound:

@@ -27,7 +27,7 @@ from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
 from dispatch.record import Record
 
 from ._csvfile import Chunk, CsvFile, header_key
-from ._csvmap import Bound, Templates, skip_values
+from ._csvmap import Bound, Templates
 from ._csvwrite import FileWriteBack, ResultsFile, WriteBackError, neutralize
 from ._writeback import WriteBack, outcome_status
 
@@ -90,17 +90,16 @@ class CsvStrategy(Strategy):
     ) -> None:
         self.path = Path(path)
         super().__init__(name or self.path.stem)
-        self.templates = Templates(
+        self.templates = Templates.of(
             id=id,
             phone=phone,
             greeting=greeting,
-            metadata=dict(metadata) if metadata is not None else None,
-            prompt_vars=dict(prompt_vars or {}),
+            metadata=metadata,
+            prompt_vars=prompt_vars,
             from_=from_,
             timezone=timezone,
-            skip_if=skip_values(skip_if),
+            skip_if=skip_if,
         )
-        self.templates.check()
         self._bound: Bound | None = None
         self.map_row = map_row
         self.watching = watch

@@ -143,17 +143,15 @@ class SqlStrategy(Strategy):
         super().__init__(name or table_name)
         self.table = table
         self._schema, self._table_name = schema or None, table_name
-        self.templates = Templates(
+        self.templates = Templates.of(
             id=id,
             phone=phone,
             greeting=greeting,
-            metadata=dict(metadata) if metadata is not None else None,
-            prompt_vars=dict(prompt_vars or {}),
+            metadata=metadata,
+            prompt_vars=prompt_vars,
             from_=from_,
             timezone=timezone,
-            skip_if={},
         )
-        self.templates.check()
         self.where = where
         self.due_column = due_column
         self.write_back = write_back
@@ -277,7 +275,7 @@ class SqlStrategy(Strategy):
 
         templates = replace(self.templates, id=self.templates.id or _default_id(table))
         used: list[str] = []
-        for text_ in _texts(templates):
+        for text_ in templates.texts():
             for column in _fields(text_):
                 need(column, f"template {text_!r}")
                 used.append(column)
@@ -400,16 +398,6 @@ def _default_id(table: Table) -> str:
         f"table {table.name!r} has no single-column primary key and no id column: set id, "
         "a template over the columns that identify a row"
     )
-
-
-def _texts(templates: Templates) -> list[str]:
-    optional = [templates.id, templates.greeting, templates.from_, templates.timezone]
-    return [
-        templates.phone,
-        *filter(None, optional),
-        *(templates.metadata or {}).values(),
-        *templates.prompt_vars.values(),
-    ]
 
 
 def _fields(template: str) -> list[str]:
