@@ -10,8 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
-from dispatch import DispatchHub, Record
-from dispatch.outbox import Backoff
+from dispatch import DispatchHub, Record, RecordState, SkipReason, Store
+from dispatch.outbox import Backoff, Outbox
+from dispatch.store.outbox import Callback
 from dispatch.testing import ManualClock, ScriptedAgent
 from tests.conftest import fetch
 from tests.support import PHONES, ListStrategy, rec
@@ -207,57 +208,17 @@ async def test_a_callback_that_times_out_is_retried(sqlite_url: str) -> None:
     assert await outbox_rows(sqlite_url) == [("on_dispatched", 1, 1), ("on_completed", 0, 1)]
 
 
-async def test_the_final_pass_delivers_every_due_callback_not_just_one_batch(
-    sqlite_url: str,
-) -> None:
-    from dispatch import RecordState, SkipReason, Store
-    from dispatch.outbox import Outbox
-    from dispatch.store.outbox import Callback
-
+async def final_pass(url: str, skips: list[tuple[Record, SkipReason]], batch: int) -> ListStrategy:
+    """Commit an on_skipped callback per entry, then run only the outbox's last pass (as the
+    hub does once its calls are over); return the strategy that received the deliveries."""
     source = ListStrategy()
     clock = ManualClock()
-    store = Store(sqlite_url)
+    store = Store(url)
     await store.open()
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(store.run)
-            for n in range(5):
-                record = rec(f"r{n}", PHONES[n])
-                await store.skipped(
-                    strategy="list",
-                    record_id=record.id,
-                    phone=record.phone,
-                    state=RecordState.SKIPPED,
-                    reason=SkipReason.EXPIRED,
-                    attempts_made=0,
-                    at=clock.now(),
-                    callback=Callback("list", "on_skipped", record, ("expired",)),
-                )
-            outbox = Outbox(store, {"list": source}, clock=clock, batch=2)
-            outbox.finish()  # as the hub does once its calls are over
-            await outbox.run()
-            store.close()
-    await store.aclose()
-    assert sorted(e[1] for e in source.events) == ["r0", "r1", "r2", "r3", "r4"]
-
-
-async def test_the_final_pass_delivers_what_a_records_earlier_callback_held_back(
-    sqlite_url: str,
-) -> None:
-    from dispatch import RecordState, SkipReason, Store
-    from dispatch.outbox import Outbox
-    from dispatch.store.outbox import Callback
-
-    source = ListStrategy()
-    clock = ManualClock()
-    store = Store(sqlite_url)
-    await store.open()
-    record = rec("r0", A)
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(store.run)
-            # Two callbacks of one record: the second waits for the first to be delivered.
-            for reason in (SkipReason.EXPIRED, SkipReason.INVALID_PHONE):
+            for record, reason in skips:
                 await store.skipped(
                     strategy="list",
                     record_id=record.id,
@@ -268,11 +229,29 @@ async def test_the_final_pass_delivers_what_a_records_earlier_callback_held_back
                     at=clock.now(),
                     callback=Callback("list", "on_skipped", record, (reason.value,)),
                 )
-            outbox = Outbox(store, {"list": source}, clock=clock)
+            outbox = Outbox(store, {"list": source}, clock=clock, batch=batch)
             outbox.finish()
             await outbox.run()
             store.close()
     await store.aclose()
+    return source
+
+
+async def test_the_final_pass_delivers_every_due_callback_not_just_one_batch(
+    sqlite_url: str,
+) -> None:
+    skips = [(rec(f"r{n}", PHONES[n]), SkipReason.EXPIRED) for n in range(5)]
+    source = await final_pass(sqlite_url, skips, batch=2)
+    assert sorted(e[1] for e in source.events) == ["r0", "r1", "r2", "r3", "r4"]
+
+
+async def test_the_final_pass_delivers_what_a_records_earlier_callback_held_back(
+    sqlite_url: str,
+) -> None:
+    # Two callbacks of one record: the second waits for the first to be delivered.
+    record = rec("r0", A)
+    skips = [(record, SkipReason.EXPIRED), (record, SkipReason.INVALID_PHONE)]
+    source = await final_pass(sqlite_url, skips, batch=500)
     assert source.events == [
         ("skipped", "r0", "expired"),
         ("skipped", "r0", "invalid_phone"),
