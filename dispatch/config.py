@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentConfig",
     "CsvStrategyConfig",
-    "CsvWriteBackConfig",
     "PinecallAgentConfig",
     "PythonStrategyConfig",
     "Settings",
@@ -154,9 +153,6 @@ class WriteBackConfig(_Section):
     status_column: str = Field("dispatch_status", min_length=1)
     call_id_column: str | None = None
     time_column: str | None = None
-
-
-CsvWriteBackConfig = WriteBackConfig  # its first name
 
 
 class _RowTemplates(_Section):
