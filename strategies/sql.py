@@ -71,8 +71,7 @@ class _View:
     """The table as reflected, and what the strategy reads and writes in it."""
 
     table: Table
-    columns: list[str]  # selected, in this order: the header the templates are bound to
-    bound: Bound
+    bound: Bound  # the templates bound to the selected columns, in their order
     query: Select[Any]
     due: Column[Any] | None
     naive_due: bool  # the due column holds UTC without a zone
@@ -321,7 +320,7 @@ class SqlStrategy(Strategy):
             order.insert(0, due)
         query = select(*(table.c[n] for n in columns)).where(*conditions).order_by(*order)
         naive = due is not None and not getattr(due.type, "timezone", False)
-        return _View(table, columns, bound, query, due, naive, key)
+        return _View(table, bound, query, due, naive, key)
 
     # -- outcomes ----------------------------------------------------------------------------
 
