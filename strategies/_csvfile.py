@@ -6,22 +6,56 @@ else (an editor's save by rename, a truncation, an in-place edit) is read whole,
 diffs it against what it saw before. A last line without its newline is held back until the
 writer finishes it, or until the file has been left alone for ``settle`` seconds (a file that
 simply does not end with a newline).
+
+Hostile content stays the problem of its row: a cell longer than csv's field limit (131,072
+characters) makes csv.reader raise, so the chunk is parsed again with the limit lifted and the
+rows holding such a cell are flagged (:attr:`Chunk.too_long`) for the strategy to refuse. A
+large file is parsed a block of lines at a time (:func:`lines_of`), so the event loop's thread
+gets the GIL between blocks instead of waiting for the whole file.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import os
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple, TypeVar
 
-__all__ = ["Chunk", "CsvFile", "FileStamp", "header_key", "sniff_delimiter"]
+__all__ = [
+    "FIELD_LIMIT",
+    "PIECE",
+    "Chunk",
+    "CsvFile",
+    "FileStamp",
+    "gc_paused",
+    "header_key",
+    "lines_of",
+    "parse_fields",
+    "release",
+    "sniff_delimiter",
+]
 
+T = TypeVar("T")
+
+FIELD_LIMIT = 131_072  # csv's default field_size_limit(): a longer cell makes csv.reader raise
+PIECE = 10_000  # rows per C call that writes or frees many rows; the GIL may pass in between
+_BLOCK = 1 << 18  # characters per StringIO that `lines_of` feeds to csv.reader (a few ms each)
+_NO_LIMIT = 2**31 - 1  # the field limit while it is lifted: the largest a C long holds anywhere
 _BOM = b"\xef\xbb\xbf"
 _CHECK = 4096  # bytes compared at the head and before the offset to tell an append from an edit
+
+# csv.field_size_limit() is process-global and the C reader checks it as it goes: every parse
+# whose result depends on it holds this lock (see `parse_fields`).
+_field_limit_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +78,10 @@ class Chunk:
 
     ``full``: the whole file was read (it was rewritten); rows not in it have been removed.
     Otherwise the rows are the new ones appended since the previous read.
+
+    ``too_long`` holds the index of each row with a cell longer than ``field_limit``
+    characters (csv's limit, which refuses such a cell): the row is as read, and must not
+    become a record. It is empty for a file without such a cell.
     """
 
     rows: list[list[str]]  # the fields of each row; blank lines may be among them
@@ -51,10 +89,25 @@ class Chunk:
     first_line: int
     full: bool
     header: list[str]
+    too_long: frozenset[int] = frozenset()
+    field_limit: int = FIELD_LIMIT
 
     def line(self, index: int) -> int:
         """The line number where ``rows[index]`` starts."""
         return self.lines[index] if self.lines is not None else self.first_line + index
+
+
+class _Split(NamedTuple):
+    """A parsed text: see `CsvFile._split`."""
+
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int] | None
+    first_line: int
+    consumed_lines: int
+    last_lines: int
+    too_long: frozenset[int] = frozenset()
+    field_limit: int = FIELD_LIMIT
 
 
 def header_key(name: str) -> str:
@@ -78,6 +131,81 @@ def sniff_delimiter(text: str) -> str:
         if score > best_score:
             best, best_score = delimiter, score
     return best
+
+
+def lines_of(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their ends, as ``io.StringIO(text, newline="")`` yields them,
+    for ``csv.reader``, parsed without holding the GIL throughout.
+
+    ``csv.reader`` over one StringIO is C code from the first row to the last: over a second
+    for a million rows, in which no other thread runs, the event loop's included (and setting
+    up a StringIO of 45 MB takes 0.1 s more). Here each block of whole lines (about 256k
+    characters, a few ms to parse) gets its own StringIO, made by a generator when the reader
+    reaches it: running that Python code lets the interpreter pass the GIL between blocks.
+    """
+    return chain.from_iterable(map(partial(io.StringIO, newline=""), _blocks(text)))
+
+
+def _blocks(text: str) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        # Cut after a "\n" only, so a "\r\n" stays whole; without one, the rest is one block.
+        end = text.find("\n", start + _BLOCK) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
+def parse_fields(parse: Callable[[int | None], T]) -> T:
+    """``parse(None)``, or if csv refuses a field in it as too long, ``parse(limit)`` with
+    csv's field limit lifted; ``limit`` is the limit that refused it (csv's 131,072 unless
+    the application changed it), for ``parse`` to flag the rows that exceed it.
+
+    The limit is process-global and csv.reader checks it as it goes, so both run under one
+    lock: no other parse (another strategy's read, a write-back, in their worker threads) runs
+    while it is lifted, so none takes an over-long cell for a good one. Only an over-long
+    field makes Python 3.11's csv.reader raise for our dialects (NUL is a plain character
+    since 3.11, ``strict`` is off, and each line it gets ends at its first line break); were
+    there another error, the second parse would raise it.
+    """
+    with _field_limit_lock:
+        try:
+            return parse(None)
+        except csv.Error:
+            pass  # a field over the limit (see above): parse again with the limit lifted
+        limit = csv.field_size_limit(_NO_LIMIT)
+        try:
+            return parse(limit)
+        finally:
+            csv.field_size_limit(limit)
+
+
+def release(rows: list[list[str]]) -> None:
+    """Empty ``rows`` a piece at a time: dropping a million rows at once frees them all in one
+    C call (0.15 s with the GIL held)."""
+    while rows:
+        del rows[-PIECE:]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off while building many long-lived objects (rows, records), none of
+    which form cycles: it would walk the growing heap again and again meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            if not gc.get_freeze_count():
+                # Everything allocated meanwhile sits in the youngest generation, and the
+                # first collection would walk all of it in one C call (0.8 s for a million
+                # rows, every thread stopped). freeze + unfreeze moves it to the oldest
+                # generation, where the rows would have ended up, in O(1); any garbage cycle
+                # among it waits for the next full collection. Not if the application froze
+                # objects itself: unfreeze would thaw those too.
+                gc.freeze()
+                gc.unfreeze()
+            gc.enable()
 
 
 class CsvFile:
@@ -165,13 +293,17 @@ class CsvFile:
         text = data[start:end].decode(self.encoding, errors="replace")
         if full and self.configured_delimiter is None:
             self.delimiter = sniff_delimiter(text)
-        rows, lines, first_line, consumed_lines, last_lines = self._rows(text)
-        if rows and not settled and lines is not None and _open_quote(text, last_lines):
+        split = parse_fields(partial(self._split, text))
+        self.header = split.header
+        rows, lines, too_long = split.rows, split.lines, split.too_long
+        consumed_lines = split.consumed_lines
+        if rows and not settled and lines is not None and _open_quote(text, split.last_lines):
             # The writer is in the middle of a quoted field that spans lines: wait for it.
             rows.pop()
             lines.pop()
-            consumed_lines -= last_lines
-            end = _start_of_last_lines(data, start, end, last_lines)
+            too_long -= {len(rows)}
+            consumed_lines -= split.last_lines
+            end = _start_of_last_lines(data, start, end, split.last_lines)
         self.held_back = end < len(data)
         self.offset = (0 if full else self.offset) + end
         self.lines += consumed_lines
@@ -180,36 +312,46 @@ class CsvFile:
             self._head = data[:_CHECK] if full else self._read_head()
         tail_from = max(start, end - _CHECK)
         self._tail = data[tail_from:end] if end - tail_from == _CHECK or full else self._read_tail()
-        return Chunk(rows, lines, first_line, full, self.header)
+        return Chunk(rows, lines, split.first_line, full, self.header, too_long, split.field_limit)
 
-    def _rows(self, text: str) -> tuple[list[list[str]], list[int] | None, int, int, int]:
-        """Parse ``text``: the rows after the header, the line each starts on (None when each
-        row is one line, from the returned first line on), the physical lines consumed and how
-        many of them the last row spans. The hot loop of a read."""
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
+    def _split(self, text: str, limit: int | None) -> _Split:
+        """Parse ``text``: the header (the known one, else the first non-blank row), the rows
+        after it, the line each starts on (None when each row is one line, from the returned
+        first line on), the physical lines consumed and how many of them the last row spans.
+        ``limit`` (see `parse_fields`): csv's field limit is lifted, so flag the rows with a
+        longer cell. The hot loop of a read."""
+        reader = csv.reader(lines_of(text), delimiter=self.delimiter)
         base = self.lines
         before = 0  # lines consumed before the current row
-        if not self.header:
+        header = self.header
+        if not header:
             for fields in reader:
                 before = reader.line_num
                 if any(f.strip() for f in fields):
-                    self.header = [header_key(f) for f in fields]
+                    header = [header_key(f) for f in fields]
                     break
+        lines: list[int] | None = None
         if '"' not in text:
-            # No quoted field, so no row spans lines: let the C reader build the list alone.
+            # No quoted field, so no row spans lines: let the C reader build the list alone
+            # (it still lets the GIL go between blocks of lines, see `lines_of`).
             rows = list(reader)
-            return rows, None, base + before + 1, before + len(rows), 1
-        rows = []
-        lines: list[int] = []
-        add_row, add_line = rows.append, lines.append
-        last_start = 0
-        for fields in reader:
-            if fields and (fields[0].strip() or "".join(fields).strip()):  # not a blank line
-                add_row(fields)
-                add_line(base + before + 1)
-                last_start = before
-            before = reader.line_num
-        return rows, lines, base + 1, before, before - last_start if rows else 0
+            first_line, consumed_lines, last_lines = base + before + 1, before + len(rows), 1
+        else:
+            rows, lines = [], []
+            add_row, add_line = rows.append, lines.append
+            last_start = 0
+            for fields in reader:
+                if fields and (fields[0].strip() or "".join(fields).strip()):  # not a blank line
+                    add_row(fields)
+                    add_line(base + before + 1)
+                    last_start = before
+                before = reader.line_num
+            first_line, consumed_lines = base + 1, before
+            last_lines = before - last_start if rows else 0
+        if limit is None:
+            return _Split(header, rows, lines, first_line, consumed_lines, last_lines)
+        too_long = frozenset(i for i, r in enumerate(rows) if any(len(f) > limit for f in r))
+        return _Split(header, rows, lines, first_line, consumed_lines, last_lines, too_long, limit)
 
     def _read_head(self) -> bytes:
         with open(self.path, "rb") as f:

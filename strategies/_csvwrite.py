@@ -6,6 +6,11 @@ temporary file beside it, and atomically replaces the original, but only if the 
 changed since it was read (else it starts over). Updates that arrive while a write is running
 go together into the next one, so a busy campaign rewrites a large file once per batch, not
 once per call. Every cell we write is neutralised against formula injection.
+
+The operator's cells are kept as they are, a cell too long for csv's field limit included, and
+a row that maps to no record (an empty id, a ``map_row`` that raises) is simply not ours. A
+large file is parsed and written a piece at a time, as :mod:`strategies._csvfile` reads it, so
+the event loop's thread gets the GIL in between.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -23,7 +29,16 @@ import anyio.to_thread
 
 from dispatch.errors import DispatchError
 
-from ._csvfile import FileStamp, header_key, sniff_delimiter
+from ._csvfile import (
+    PIECE,
+    FileStamp,
+    gc_paused,
+    header_key,
+    lines_of,
+    parse_fields,
+    release,
+    sniff_delimiter,
+)
 from ._writeback import WriteBack
 
 __all__ = ["ResultsFile", "WriteBack", "WriteBackError", "neutralize"]
@@ -118,19 +133,30 @@ class FileWriteBack(_Coalescer):
 
     def _merge(
         self, data: bytes, cells: dict[str, dict[str, str]]
-    ) -> tuple[bytes | None, set[str]]:
+    ) -> tuple[list[bytes] | None, set[str]]:
+        """The file's new content (in parts) with ``cells`` set, or None if no row is
+        concerned; and the record ids that no row has."""
         bom = data.startswith(_BOM)
         text = data[len(_BOM) if bom else 0 :].decode(self.encoding, errors="surrogateescape")
         delimiter = self.delimiter or sniff_delimiter(text)
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        rows: list[list[str]] = []
-        lines: list[int] = []
-        for fields in reader:
-            rows.append(fields)
-            lines.append(reader.line_num)
+        with gc_paused():
+            rows, lines = parse_fields(partial(_split, text, delimiter))
+            try:
+                missing = self._set_cells(rows, lines, cells)
+                if missing == set(cells):
+                    return None, missing
+                return self._encode(rows, text, delimiter, bom), missing
+            finally:
+                release(rows)
+
+    def _set_cells(
+        self, rows: list[list[str]], lines: list[int], cells: dict[str, dict[str, str]]
+    ) -> set[str]:
+        """Set ``cells`` in ``rows`` (our columns appended to the header if missing); return
+        the record ids that no row has."""
         head = next((i for i, r in enumerate(rows) if any(f.strip() for f in r)), None)
         if head is None:
-            return None, set(cells)
+            return set(cells)
         header = rows[head]
         keys = [header_key(h) for h in header]
         for column in self.spec.columns():
@@ -144,31 +170,40 @@ class FileWriteBack(_Coalescer):
             if not any(f.strip() for f in fields):
                 continue
             row = dict(zip(keys, (f.strip() for f in fields), strict=False))
-            record_id = self.row_id(row, lines[number - 1] + 1)
+            try:
+                record_id = self.row_id(row, lines[number - 1] + 1)
+            except Exception:  # no record comes from this row (the reader says why): not ours
+                continue
             if record_id is None or record_id not in cells:
                 continue
             missing.discard(record_id)
             fields.extend([""] * (len(keys) - len(fields)))
             for column, value in cells[record_id].items():
                 fields[index[header_key(column)]] = neutralize(value)
-        if missing == set(cells):
-            return None, missing
+        return missing
+
+    def _encode(self, rows: list[list[str]], text: str, delimiter: str, bom: bool) -> list[bytes]:
+        """``rows`` as the file's bytes, in the line breaks of ``text`` (the file as read)."""
         crlf = "\r\n" in text[:65536]
         out = io.StringIO(newline="")
-        csv.writer(out, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n").writerows(
-            rows
-        )
-        merged = out.getvalue()
-        if not text.endswith(("\n", "\r")):
-            merged = merged.rstrip("\r\n")
-        return (_BOM if bom else b"") + merged.encode(self.encoding, "surrogateescape"), missing
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n")
+        parts = [_BOM] if bom else []
+        for start in range(0, len(rows), PIECE):
+            writer.writerows(rows[start : start + PIECE])
+            piece = out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if start + PIECE >= len(rows) and not text.endswith(("\n", "\r")):
+                piece = piece.rstrip("\r\n")  # the last line had no line break: still none
+            parts.append(piece.encode(self.encoding, "surrogateescape"))
+        return parts
 
-    def _replace(self, content: bytes, before: FileStamp) -> bool:
+    def _replace(self, content: list[bytes], before: FileStamp) -> bool:
         """Atomically put ``content`` in place of the file, unless it changed since ``before``."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.dispatch-tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(content)
+                f.writelines(content)
                 f.flush()
                 os.fsync(f.fileno())
             try:
@@ -214,6 +249,18 @@ class ResultsFile(_Coalescer):
             os.fsync(f.fileno())
         if new:
             _fsync_dir(self.path.parent)
+
+
+def _split(text: str, delimiter: str, _limit: int | None) -> tuple[list[list[str]], list[int]]:
+    """The rows of ``text``, blank ones included, and the line each ends on. A cell over
+    csv's field limit is kept like any other (``_limit`` is for readers that flag it)."""
+    reader = csv.reader(lines_of(text), delimiter=delimiter)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for fields in reader:
+        rows.append(fields)
+        lines.append(reader.line_num)
+    return rows, lines
 
 
 def _fsync_dir(path: Path) -> None:

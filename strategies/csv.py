@@ -11,11 +11,9 @@ Row keys are the header names, stripped, lower-cased, with inner spaces as under
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -26,7 +24,7 @@ import anyio.to_thread
 from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
 from dispatch.record import Record
 
-from ._csvfile import Chunk, CsvFile, header_key
+from ._csvfile import Chunk, CsvFile, gc_paused, header_key, release
 from ._csvmap import Bound, Templates
 from ._csvwrite import FileWriteBack, ResultsFile, WriteBackError, neutralize
 from ._writeback import WriteBack, outcome_status
@@ -144,14 +142,15 @@ class CsvStrategy(Strategy):
         """
         # A first read builds a million long-lived objects; the cyclic GC would walk the
         # growing heap again and again meanwhile (half the time). None of them form cycles.
-        with _gc_paused():
+        with gc_paused():
             chunk = self.file.read(force_full=full)
             if chunk is None:
                 return []
             if chunk.full:
                 self._last_full = time.monotonic()
             items = self._apply(chunk)
-            del chunk  # freed before the GC is back, or its first pass walks a million rows
+            release(chunk.rows)  # a piece at a time, before the GC is back
+            del chunk
         return items
 
     def _apply(self, chunk: Chunk) -> list[PollItem]:
@@ -170,7 +169,8 @@ class CsvStrategy(Strategy):
         rows = self._rows
         items: list[PollItem] = []
         mapped: set[str] = set()
-        direct = bound.direct and self.map_row is None
+        # A chunk with an over-long cell (rare) is mapped row by row, which refuses that row.
+        direct = bound.direct and self.map_row is None and not chunk.too_long
         id_column, phone_column = bound.id_column or 0, bound.phone_column or 0
         width = max(id_column, phone_column)
         deferred, rest = Record.deferred, bound.rest_of_raw
@@ -198,7 +198,8 @@ class CsvStrategy(Strategy):
                     phone = fields[phone_column].strip()
                     add_item(deferred(id=record_id, phone=phone, fill=partial(rest, fields)))
                     continue
-            item = self._map(bound, chunk.line(i), fields)
+            too_long = chunk.field_limit if i in chunk.too_long else None
+            item = self._map(bound, chunk.line(i), fields, too_long)
             record_id = "" if item is None else item.id
             if record_id in mapped and record_id:
                 logger.warning(
@@ -214,8 +215,9 @@ class CsvStrategy(Strategy):
                 mapped.add(record_id)
                 items.append(item)
         if chunk.full:
-            gone = {rid for rid in old.values() if rid and rid not in mapped}
-            items.extend(Removed(record_id) for record_id in sorted(gone))
+            # In the previous read's order: sorting a million ids would hold the GIL for 1 s.
+            gone = dict.fromkeys(rid for rid in old.values() if rid and rid not in mapped)
+            items.extend(map(Removed, gone))
         return items
 
     def _bind(self, header: list[str]) -> Bound:
@@ -223,27 +225,41 @@ class CsvStrategy(Strategy):
             self._bound = self.templates.bind(header)
         return self._bound
 
-    def _map(self, bound: Bound, line: int, fields: list[str]) -> Record | Malformed | None:
-        cells = list(map(str.strip, fields))
+    def _map(
+        self, bound: Bound, line: int, fields: list[str], too_long: int | None = None
+    ) -> Record | Malformed | None:
+        """The row's item. ``too_long``: the reader found a cell longer than that in the row,
+        which makes it malformed; its id and phone are taken from the other cells."""
+        if too_long is None:
+            cells = list(map(str.strip, fields))
+        else:
+            cells = ["" if len(f) > too_long else f.strip() for f in fields]
         if len(cells) < len(bound.header):
             cells.extend([""] * (len(bound.header) - len(cells)))  # trailing empty cells dropped
         if bound.skip_if and bound.skipped(cells):
             return None
+        if too_long is not None:
+            return self._malformed(
+                bound, line, cells, f"a cell is longer than {too_long} characters"
+            )
         try:
             if self.map_row is not None:
                 return self.map_row(dict(zip(bound.header, cells, strict=False)), line)
             return bound.record(cells)
         except Exception as exc:  # a bad row, or a bug in map_row: that row only
-            record_id = self._safe_id(bound, cells, line) or f"line:{line}"
-            logger.warning(
-                "csv.bad_row strategy=%s line=%d record=%s reason=%s",
-                self.name,
-                line,
-                record_id,
-                _brief(exc),
-            )
-            phone = cells[bound.phone_index] if bound.phone_index is not None else ""
-            return Malformed(record_id, f"line {line}: {_brief(exc)}", phone=phone, line=line)
+            return self._malformed(bound, line, cells, _brief(exc))
+
+    def _malformed(self, bound: Bound, line: int, cells: list[str], reason: str) -> Malformed:
+        record_id = self._safe_id(bound, cells, line) or f"line:{line}"
+        logger.warning(
+            "csv.bad_row strategy=%s line=%d record=%s reason=%s",
+            self.name,
+            line,
+            record_id,
+            reason,
+        )
+        phone = cells[bound.phone_index] if bound.phone_index is not None else ""
+        return Malformed(record_id, f"line {line}: {reason}", phone=phone, line=line)
 
     def row_id(self, row: dict[str, str], line: int) -> str | None:
         """The record id a row (keys as in the header) maps to, or None if it maps to none."""
@@ -327,17 +343,6 @@ class CsvStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"CsvStrategy(name={self.name!r}, path={str(self.path)!r})"
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _brief(exc: Exception) -> str:

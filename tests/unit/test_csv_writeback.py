@@ -181,6 +181,26 @@ async def test_an_unknown_id_is_logged_and_the_file_left_alone(
     assert any("csv.write_back_unmatched" in r.getMessage() for r in caplog.records)
 
 
+async def test_rows_that_map_to_no_record_do_not_stop_the_write_back(tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text("id,phone,name\nr1,+14155552601,Ada\n,+14155552602,NoId\n")
+
+    def picky(row: dict[str, str], line_no: int) -> Record:
+        if not row["id"]:
+            raise ValueError("no id")
+        return Record(id=row["id"], phone=row["phone"])
+
+    for strategy in (
+        CsvStrategy(path, write_back=SPEC),
+        CsvStrategy(path, map_row=picky, write_back=SPEC),
+    ):
+        await strategy.deliver("on_failed", rec("r1"), "busy")
+        assert [r[:4] for r in rows(path)[1:]] == [
+            ["r1", "+14155552601", "Ada", "failed: busy"],
+            ["", "+14155552602", "NoId"],
+        ]
+
+
 async def test_a_results_file_gets_one_line_per_outcome(leads: Path) -> None:
     results = leads.with_name("results.csv")
     strategy = CsvStrategy(leads, results_path=results)
