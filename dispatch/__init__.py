@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 # submodule do not pay for SQLAlchemy, pydantic and phonenumbers.
 _EXPORTS = {
     "Agent": ".abc",
+    "AgentContext": ".abc",
     "AttemptState": ".states",
-    "Backoff": ".outbox",
+    "Backoff": ".options",
     "Call": ".abc",
     "CallEnd": ".abc",
     "Clock": ".clock",
@@ -26,6 +27,7 @@ _EXPORTS = {
     "DialUnknown": ".errors",
     "DispatchError": ".errors",
     "DispatchHub": ".hub",
+    "Heartbeat": ".store",
     "HubStatistics": ".hub",
     "InvalidPhone": ".errors",
     "LateOutcome": ".abc",
@@ -37,14 +39,18 @@ _EXPORTS = {
     "RecordState": ".states",
     "RecoverMode": ".options",
     "Removed": ".abc",
+    "Reservation": ".pacing",
     "RetryPolicy": ".options",
     "SimulatedAgent": ".agents",
     "SkipReason": ".states",
     "SlidingWindowLimiter": ".pacing",
-    "Store": ".store",
     "SourceError": ".errors",
+    "Store": ".store",
     "StoreError": ".errors",
+    "StoreInUse": ".errors",
+    "StoreUnavailable": ".errors",
     "Strategy": ".abc",
+    "StrategyContext": ".abc",
     "SystemClock": ".clock",
     "normalize_phone": ".record",
 }
@@ -52,6 +58,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .abc import (
         Agent,
+        AgentContext,
         Call,
         CallEnd,
         DialRequest,
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
         Malformed,
         Removed,
         Strategy,
+        StrategyContext,
     )
     from .agents import SimulatedAgent
     from .agents.pinecall import PinecallAgent
@@ -73,14 +81,15 @@ if TYPE_CHECKING:
         InvalidPhone,
         SourceError,
         StoreError,
+        StoreInUse,
+        StoreUnavailable,
     )
     from .hub import DispatchHub, HubStatistics
-    from .options import Pacing, RecoverMode, RetryPolicy
-    from .outbox import Backoff
-    from .pacing import LimiterStatistics, SlidingWindowLimiter
+    from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+    from .pacing import LimiterStatistics, Reservation, SlidingWindowLimiter
     from .record import Record, normalize_phone
     from .states import AttemptState, RecordState, SkipReason
-    from .store import Store
+    from .store import Heartbeat, Store
 
 
 def __getattr__(name: str) -> Any:
@@ -103,6 +112,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "Agent",
+    "AgentContext",
     "AttemptState",
     "Backoff",
     "Call",
@@ -116,6 +126,7 @@ __all__ = [
     "DialUnknown",
     "DispatchError",
     "DispatchHub",
+    "Heartbeat",
     "HubStatistics",
     "InvalidPhone",
     "LateOutcome",
@@ -127,6 +138,7 @@ __all__ = [
     "RecordState",
     "RecoverMode",
     "Removed",
+    "Reservation",
     "RetryPolicy",
     "SimulatedAgent",
     "SkipReason",
@@ -134,7 +146,10 @@ __all__ = [
     "SourceError",
     "Store",
     "StoreError",
+    "StoreInUse",
+    "StoreUnavailable",
     "Strategy",
+    "StrategyContext",
     "SystemClock",
     "__version__",
     "normalize_phone",

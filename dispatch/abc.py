@@ -3,7 +3,12 @@
 * :class:`Strategy` -- where records come from and where outcomes go back to.
 * :class:`Agent` and :class:`Call` -- what places a call and reports its end.
 
-Callbacks and ``poll`` may be plain or ``async`` functions; the hub awaits what needs awaiting.
+The hub hands each its collaborators explicitly when it opens it (:class:`StrategyContext`,
+:class:`AgentContext`); it never writes into the objects it is given, so a wrapping or proxy
+object works as long as it passes the context on.
+
+Callbacks may be plain or ``async`` functions: a plain one runs in a worker thread, never on
+the event loop, so it may block without delaying a dial.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
+import anyio.to_thread
+
 from .record import Record
 
 __all__ = [
     "Agent",
+    "AgentContext",
     "Call",
     "CallEnd",
     "CallbackName",
@@ -29,6 +37,7 @@ __all__ = [
     "PollResult",
     "Removed",
     "Strategy",
+    "StrategyContext",
 ]
 
 
@@ -71,20 +80,43 @@ CallbackResult: TypeAlias = Awaitable[None] | None
 CallbackName: TypeAlias = Literal["on_dispatched", "on_completed", "on_failed", "on_skipped"]
 
 
+@dataclass(frozen=True, slots=True)
+class StrategyContext:
+    """What the hub hands a strategy in :meth:`Strategy.open`.
+
+    ``poll_now()`` asks the hub for an immediate poll of this strategy (safe at any time from
+    the hub's event loop).
+    """
+
+    poll_now: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """What the hub hands an agent in :meth:`Agent.open`.
+
+    ``report_late(outcome)`` gives the hub what the platform said about a dial after
+    ``dial()`` gave up on it (see :meth:`Agent.report_late`).
+    """
+
+    report_late: Callable[[LateOutcome], None]
+
+
 class Strategy(ABC):
     """A source of records and the receiver of their outcomes.
 
     Subclass it and implement :meth:`poll`. The four callbacks are no-ops by default; override
     them in a subclass or assign a function on an instance (``csv.on_completed = fn``), sync or
-    async either way. Callbacks run outside the dialing path: a slow or raising callback is
-    logged and never blocks or stops dialing. They are delivered at least once; write them to be
-    idempotent. Callbacks of one record run in the order of its events; callbacks of different
-    records may run concurrently (up to 16 at a time).
+    async either way. Callbacks run outside the dialing path (a sync one in a worker thread):
+    a slow, blocking or raising callback is logged and never blocks or stops dialing. They are
+    delivered at least once; write them to be idempotent. Callbacks of one record run in the
+    order of its events; callbacks of different records may run concurrently (up to 16 at a
+    time, so sync callbacks that share state need a lock).
     """
 
     name: str
 
-    _poll_requested: Callable[[], None] | None = None  # installed by the hub while it runs
+    _context: StrategyContext | None = None  # kept by open(); see StrategyContext
 
     incremental: ClassVar[bool] = False
     """False: every poll returns every record still wanted (the hub ignores repeats of queued
@@ -110,8 +142,14 @@ class Strategy(ABC):
         the strategy name and the hub polls again next interval.
         """
 
-    async def open(self) -> None:  # noqa: B027 - optional hook, deliberately empty
-        """Acquire resources (connections, file handles) before the first poll."""
+    async def open(self, context: StrategyContext | None = None) -> None:
+        """Acquire resources (connections, file handles) before the first poll.
+
+        The hub calls it once, with its :class:`StrategyContext`. An override must call
+        ``await super().open(context)`` (or keep the context itself), or :meth:`poll_now`
+        reaches nobody. ``context`` is None when a tool opens the strategy outside a hub
+        (``dispatch check``)."""
+        self._context = context
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Release resources; called once when the hub stops, even after an error."""
@@ -128,19 +166,29 @@ class Strategy(ABC):
         """Ask the hub to poll this strategy as soon as possible (without waiting for the next
         ``poll_interval``). Safe to call at any time, from the hub's event loop; calls made
         while a poll runs lead to one more poll after it."""
-        if self._poll_requested is not None:
-            self._poll_requested()
+        if self._context is not None:
+            self._context.poll_now()
 
     async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
         """How the hub hands an outcome to this strategy: calls the named callback (looked up
         at delivery time, so ``strategy.on_completed = fn`` works).
 
-        Override it for work that must happen whatever callbacks a user assigns (the CSV
-        write-back does), and call ``super().deliver(...)``. An exception makes the hub
-        retry the delivery later.
+        An ``async`` callback is awaited; a plain one runs in a worker thread (the hub's
+        callback timeout abandons it there if it never returns), so it may block. Override
+        this for work that must happen whatever callbacks a user assigns (the CSV write-back
+        does), and call ``super().deliver(...)``. An exception makes the hub retry the
+        delivery later.
         """
-        result = getattr(self, callback)(record, *args)
-        if inspect.isawaitable(result):
+        function = getattr(self, callback)
+        if getattr(function, "__func__", None) is getattr(Strategy, callback):
+            return  # the default no-op: not worth a thread
+        if inspect.iscoroutinefunction(function):
+            await function(record, *args)
+            return
+        result = await anyio.to_thread.run_sync(
+            lambda: function(record, *args), abandon_on_cancel=True
+        )
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
             await result
 
     def on_dispatched(self, record: Record, call_id: str) -> CallbackResult:
@@ -215,14 +263,15 @@ class LateOutcome:
 class Agent(ABC):
     """Places calls. One agent object serves every strategy of a hub, concurrently."""
 
-    _late_reported: Callable[[LateOutcome], None] | None = None  # installed by the hub
+    _context: AgentContext | None = None  # kept by open(); see AgentContext
 
     def report_late(self, outcome: LateOutcome) -> None:
         """Hand the hub a late outcome of a dial whose ``dial()`` raised ``DialUnknown``: the
         hub records it in the ledger (an answered call becomes ``completed`` and
-        ``on_completed`` is delivered). The dial is never retried either way."""
-        if self._late_reported is not None:
-            self._late_reported(outcome)
+        ``on_completed`` is delivered). The dial is never retried either way. Call it from
+        the hub's event loop."""
+        if self._context is not None:
+            self._context.report_late(outcome)
 
     @abstractmethod
     async def dial(self, request: DialRequest) -> Call:
@@ -235,8 +284,13 @@ class Agent(ABC):
         Must not queue the dial for a later reconnect.
         """
 
-    async def open(self) -> None:  # noqa: B027 - optional hook, deliberately empty
-        """Connect and register; the hub calls it once before the first dial."""
+    async def open(self, context: AgentContext | None = None) -> None:
+        """Connect and register; the hub calls it once before the first dial, with its
+        :class:`AgentContext`. An override must call ``await super().open(context)`` (or keep
+        the context itself), or :meth:`report_late` reaches nobody; a wrapping agent passes
+        the context on to the agent it wraps. ``context`` is None when a tool opens the agent
+        outside a hub (``dispatch check``)."""
+        self._context = context
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Disconnect; called once when the hub stops."""

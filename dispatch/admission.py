@@ -1,13 +1,15 @@
 """Admission: the small, named rules a record passes before it may be queued for dialing.
 
 Each rule either lets the record through, skips it for good with a reason, or defers it to a
-later time. Dedup by id (the store) and by phone (a number in a call waits) live in the hub,
-because they depend on live state rather than on the record alone.
+later time. Dedup by id (the store) is part of the intake decision (:mod:`dispatch.intake`),
+and dedup by phone (a number in a call waits) lives in the queue, because both depend on live
+state rather than on the record alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from .clock import Clock
 from .errors import InvalidPhone
@@ -35,10 +37,10 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """Not yet: queue the record at monotonic time ``until``."""
+    """Not yet: queue the record, to be dialed at wall time ``until``."""
 
     record: Record
-    until: float
+    until: datetime
 
 
 Decision = Admit | Skip | Defer
@@ -64,6 +66,5 @@ class Admission:
                 SkipReason.EXPIRED, f"not_after {record.not_after.isoformat()}", RecordState.EXPIRED
             )
         if record.not_before is not None and record.not_before > now:
-            wait = (record.not_before - now).total_seconds()
-            return Defer(record, self.clock.monotonic() + wait)
+            return Defer(record, record.not_before)
         return Admit(record)

@@ -1,9 +1,12 @@
 """One attempt of a record, from intent to outcome, and late outcomes reconciled.
 
-:meth:`Attempts.run` commits the intent (before any dial), dials through the agent, and
-settles the outcome with the record's next state and the callback reporting it, committed
-together; a rejected attempt with dials left is queued again after the retry delay. When an
-agent learns the outcome of an attempt after giving up on it (``DialUnknown``,
+:meth:`Attempts.run` commits the intent (before any dial), starts the dial in the rate
+limiter at the moment the intent is committed, dials through the agent, and settles the
+outcome with the record's next state and the callback reporting it, committed together. The
+record's next step (a retry, or nothing: it is terminal) is taken only once that outcome is
+committed: an outage makes the attempt wait for the store, never run ahead of it.
+
+When an agent learns the outcome of an attempt after giving up on it (``DialUnknown``,
 ``DialInterrupted``), :meth:`Attempts.late` takes the report and :meth:`reconcile_late`
 writes it to the ledger. Nothing here ever dials a record again.
 """
@@ -19,9 +22,10 @@ import anyio
 
 from .abc import Agent, Call, DialRequest, LateOutcome
 from .clock import Clock
-from .errors import DialInterrupted, DialRejected, DialUnknown, StoreError
+from .errors import DialInterrupted, DialRejected, DialUnknown, StoreError, StoreUnavailable
 from .options import RetryPolicy
 from .outbox import Outbox
+from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
 from .states import AttemptState, RecordState
@@ -48,6 +52,19 @@ class _Outcome:
     call_id: str | None = None
     duration: float | None = None
 
+    @property
+    def maybe_live(self) -> bool:
+        """The call may still be going on at the platform: hold its number."""
+        return self.state in (AttemptState.UNKNOWN, AttemptState.INTERRUPTED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    source: Source
+    record: Record
+    number: int
+    since: float  # monotonic
+
 
 @dataclass(slots=True)
 class Attempts:
@@ -60,16 +77,27 @@ class Attempts:
     retry: RetryPolicy
     from_: str | None
     poll_interval: float
-    # Attempts whose outcome is not known, until the agent reports it late (or we stop).
-    _unknown: dict[str, tuple[Source, Record, int]] = field(default_factory=dict)
+    limiter: SlidingWindowLimiter | None = None
+    hold: float = 600.0  # seconds a number whose call may be live stays blocked
+    late_window: float = 3600.0  # how long a late report for an unknown dial is awaited
+    # Attempts whose outcome is not known, until the agent reports it late (or late_window
+    # passes), oldest first.
+    _unknown: dict[str, _Unknown] = field(default_factory=dict)
+    # Intents whose commit failed with the connection: they may have been committed, so the
+    # record's next try reuses the attempt id (the insert is idempotent by id).
+    _unsure: dict[tuple[str, str], str] = field(default_factory=dict)
     _late: list[LateOutcome] = field(default_factory=list)
     _late_event: anyio.Event | None = None
 
-    async def run(self, source: Source, record: Record) -> None:
-        """Commit the intent, dial, and settle the outcome of one attempt of ``record``."""
+    async def run(self, source: Source, record: Record, reservation: Reservation | None) -> None:
+        """Commit the intent, dial, and settle the outcome of one attempt of ``record``.
+
+        The caller has taken the record from the queue (and ``reservation`` from the limiter);
+        it releases the record's number afterwards."""
         known = source.known.get(record.id)
         number = (known.attempts if known else 0) + 1
-        attempt_id = uuid.uuid4().hex
+        key = (source.name, record.id)
+        attempt_id = self._unsure.pop(key, None) or uuid.uuid4().hex
         try:
             await self.store.intent(
                 attempt_id=attempt_id,
@@ -79,11 +107,20 @@ class Attempts:
                 phone=record.phone,
                 at=self.clock.now(),
             )
+        except StoreUnavailable:
+            # Never dial without a committed intent. The store says why once per outage; the
+            # record goes back to the queue, and the hub dials nothing until the store is back.
+            self._unsure[key] = attempt_id
+            self._give_back(reservation)
+            self.queue.admit(source, record)
+            return
         except StoreError as exc:
-            # Never dial without a committed intent; try again after a poll interval.
+            self._give_back(reservation)
             logger.error("store.intent_failed record=%s error=%s", record.id, exc)
             self.queue.delay(source, record, self.clock.monotonic() + self.poll_interval)
             return
+        if reservation is not None and self.limiter is not None:
+            await self.limiter.start(reservation)  # the start is counted from now
         source.known[record.id] = KnownRecord(RecordState.DIALING, number)
         self.counters.dialed += 1
         logger.info(
@@ -94,11 +131,15 @@ class Attempts:
             number,
             self.retry.max_dials,
         )
-        outcome = await self._dial(source, record, attempt_id)
+        outcome = await self._dial(source, record, attempt_id, number)
         with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
             await self._settle(source, record, attempt_id, number, outcome)
 
-    async def _dial(self, source: Source, record: Record, attempt_id: str) -> _Outcome:
+    def _give_back(self, reservation: Reservation | None) -> None:
+        if reservation is not None and self.limiter is not None:
+            self.limiter.cancel(reservation)
+
+    async def _dial(self, source: Source, record: Record, attempt_id: str, number: int) -> _Outcome:
         request = DialRequest(
             to=record.phone,
             dispatch_id=attempt_id,
@@ -136,7 +177,7 @@ class Attempts:
                     source,
                     record,
                     attempt_id,
-                    source.known[record.id].attempts,
+                    number,
                     _Outcome(AttemptState.INTERRUPTED, "interrupted", _id(call)),
                 )
             raise
@@ -151,8 +192,13 @@ class Attempts:
     async def _settle(
         self, source: Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
     ) -> None:
-        """Persist an attempt's outcome with the record's next state and the callback that
-        reports it (committed together), then schedule a retry if one is due."""
+        """Commit an attempt's outcome with the record's next state and the callback that
+        reports it, then act on it: schedule the retry, count it, hold the number.
+
+        Nothing happens in memory before the commit. If the outcome cannot be committed (the
+        store refused it, or was still unreachable when the daemon stopped) the record is
+        left alone for this run, as the next start will find it: in flight, to be recovered
+        as interrupted, never dialed again in between."""
         retry = outcome.state is AttemptState.REJECTED and number < self.retry.max_dials
         record_state = {
             AttemptState.COMPLETED: RecordState.COMPLETED,
@@ -167,6 +213,7 @@ class Attempts:
         elif record_state is not RecordState.RETRY:
             callback = Callback(source.name, "on_failed", record, (outcome.reason,))
         now = self.clock.now()
+        retry_at = now + timedelta(seconds=self.retry.delay) if retry else None
         try:
             await self.store.finished(
                 attempt_id=attempt_id,
@@ -179,15 +226,29 @@ class Attempts:
                 duration=outcome.duration,
                 at=now,
                 callback=callback,
-                retry_at=now + timedelta(seconds=self.retry.delay) if retry else None,
+                retry_at=retry_at,
             )
-            self.outbox.wake()
         except StoreError as exc:
-            # The row stays `dialing`: the next start marks it interrupted, never re-dials it.
-            logger.error("store.outcome_failed record=%s error=%s", record.id, exc)
-        source.known[record.id] = KnownRecord(record_state, number)
-        if outcome.state in (AttemptState.UNKNOWN, AttemptState.INTERRUPTED):
-            self._unknown[attempt_id] = (source, record, number)  # the agent may learn more
+            # Not committed: never dial this record again in this run (the ledger says it is
+            # in flight; the next start recovers it as interrupted), and keep its number held
+            # in case the call goes on.
+            source.known[record.id] = KnownRecord(RecordState.INTERRUPTED, number)
+            self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
+            logger.error(
+                "store.outcome_lost record=%s attempt=%d state=%s reason=%s error=%s (left in "
+                "flight in the store: the next start records it as interrupted)",
+                record.id,
+                number,
+                outcome.state,
+                outcome.reason,
+                exc,
+            )
+            return
+        self.outbox.wake()
+        source.known[record.id] = KnownRecord(record_state, number, retry_at)
+        if outcome.maybe_live:
+            self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
+            self._remember_unknown(attempt_id, source, record, number)
         self._log_outcome(record, number, outcome, record_state)
         if record_state is RecordState.COMPLETED:
             self.counters.completed += 1
@@ -196,8 +257,21 @@ class Attempts:
         else:
             self.counters.failed += 1
 
+    def _remember_unknown(
+        self, attempt_id: str, source: Source, record: Record, number: int
+    ) -> None:
+        now = self.clock.monotonic()
+        self._unknown[attempt_id] = _Unknown(source, record, number, now)
+        # Oldest first: stop waiting for news of dials given up on long ago, so a daemon that
+        # runs for months does not grow.
+        horizon = now - self.late_window
+        for key, old in list(self._unknown.items()):
+            if old.since > horizon:
+                break
+            del self._unknown[key]
+
     def late(self, outcome: LateOutcome) -> None:
-        """The agent's :meth:`~dispatch.abc.Agent.report_late` hook."""
+        """The hub's :class:`~dispatch.abc.AgentContext` ``report_late``."""
         self._late.append(outcome)
         if self._late_event is not None:
             self._late_event.set()
@@ -223,7 +297,7 @@ class Attempts:
                 outcome.started,
             )
             return
-        source, record, number = entry
+        source, record, number = entry.source, entry.record, entry.number
         if outcome.started:
             state, record_state = AttemptState.COMPLETED, RecordState.COMPLETED
             args = (outcome.call_id or "", outcome.reason)
@@ -248,6 +322,7 @@ class Attempts:
             return
         del self._unknown[outcome.dispatch_id]
         source.known[record.id] = KnownRecord(record_state, number)
+        self.queue.unhold(record.phone)  # the call is over: its number is free
         self.outbox.wake()
         logger.warning(
             "call.reconciled record=%s call_id=%s state=%s reason=%s (reported after the dial "
@@ -280,8 +355,6 @@ class Attempts:
                 self.retry.max_dials,
                 f"retry in {self.retry.delay:g}s" if state is RecordState.RETRY else state.value,
             )
-
-    # -- bookkeeping -------------------------------------------------------------------------
 
 
 def _id(call: Call | None) -> str | None:

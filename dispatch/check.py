@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .abc import Malformed, Removed, Strategy
-from .admission import Admission, Defer, Skip
+from .abc import Strategy
+from .admission import Admission
 from .clock import SystemClock
 from .config import Settings, store_url
 from .errors import DispatchError, dispatch_error_in
 from .hub import DispatchHub, poll_items
+from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .store import KnownRecord, Store
 
 __all__ = ["CheckReport", "check"]
@@ -104,7 +105,7 @@ async def check(settings: Settings, base: Path, *, limit: int) -> CheckReport:
 
 async def _agent(hub: DispatchHub) -> _Part:
     try:
-        await hub.agent.open()
+        await hub.agent.open(None)  # no hub behind it: nothing is dialed, nothing reported
     except Exception as exc:  # every failure is a finding of the check
         error = dispatch_error_in(exc) or exc
         return _Part("agent", ok=False, detail=f"{type(error).__name__}: {error}")
@@ -119,29 +120,34 @@ async def _poll(
 ) -> _Source:
     report = _Source(strategy.name)
     try:
-        await strategy.open()
+        await strategy.open(None)
         items = [item async for item in poll_items(strategy)]
     except Exception as exc:
         return _Source(strategy.name, ok=False, detail=f"{type(exc).__name__}: {exc}")
     finally:
         await strategy.aclose()
     for item in items:
-        if isinstance(item, Removed):
+        # The decision `dispatch run` takes, for a hub that holds nothing yet.
+        verdict = decide(
+            item,
+            known=known.get((strategy.name, item.id)),
+            queued=False,
+            in_flight=False,
+            incremental=strategy.incremental,
+            admission=admission,
+        )
+        if isinstance(verdict, Withdraw | Ignore):
             continue
-        if isinstance(item, Malformed):
-            decision, why = "skip", f"malformed: {item.detail}"
+        if isinstance(verdict, Done):
+            decision, why = "done", f"{verdict.state} earlier"
+        elif isinstance(verdict, Refuse):
+            decision, why = "skip", f"{verdict.skip.reason}: {verdict.skip.detail}"
+        elif isinstance(verdict, Wait):
+            when = f"{verdict.until:%Y-%m-%d %H:%M:%S} UTC"
+            decision, why = "wait", f"{'retry' if verdict.why == 'retry' else 'not due'} {when}"
         else:
-            record = known.get((strategy.name, item.id))
-            if record is not None and record.state.terminal:
-                decision, why = "done", f"{record.state} earlier"
-            else:
-                verdict = admission.check(item)
-                if isinstance(verdict, Skip):
-                    decision, why = "skip", f"{verdict.reason}: {verdict.detail}"
-                elif isinstance(verdict, Defer):
-                    decision, why = "wait", "not yet due (not_before)"
-                else:
-                    decision, why = "dial", verdict.record.phone
+            assert isinstance(verdict, Admit)
+            decision, why = "dial", verdict.record.phone
         report.counts[decision] += 1
         if len(report.samples) < limit:
             report.samples.append((decision, item.id, why))

@@ -25,8 +25,8 @@ from .abc import Agent, Strategy
 from .agents import SimulatedAgent
 from .errors import ConfigError
 from .hub import DispatchHub
-from .options import Pacing, RecoverMode, RetryPolicy
-from .outbox import Backoff
+from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+from .store import Heartbeat, Store
 
 if TYPE_CHECKING:
     from strategies._writeback import WriteBack
@@ -40,6 +40,7 @@ __all__ = [
     "SqlStrategyConfig",
     "WriteBackConfig",
     "build_hub",
+    "build_store",
     "load_settings",
 ]
 
@@ -50,6 +51,14 @@ class _Section(BaseModel):
 
 class StoreConfig(_Section):
     url: str = Field("sqlite:///dispatch.db", description="SQLAlchemy URL of the ledger.")
+    retry_initial: float = Field(
+        0.5, gt=0, description="First wait before reaching an unreachable store again."
+    )
+    retry_max: float = Field(30.0, gt=0, description="Longest wait between tries.")
+    heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_timeout: float = Field(
+        30.0, gt=0, description="Silence after which a daemon counts as dead."
+    )
 
 
 class PacingConfig(_Section):
@@ -279,6 +288,7 @@ class Settings(BaseSettings):
     poll_interval: float = Field(5.0, gt=0)
     drain_timeout: float = Field(30.0, ge=0)
     recover: RecoverMode = "interrupt"
+    recover_hold: float = Field(600.0, ge=0, description="Seconds a number stays blocked.")
     store: StoreConfig = StoreConfig()
     pacing: PacingConfig = PacingConfig()
     retry: RetryConfig = RetryConfig()
@@ -356,6 +366,19 @@ def _anchored(url: URL, base: Path) -> URL:
     return url
 
 
+def build_store(settings: Settings, base: Path) -> Store:
+    """The store the configuration describes (not opened)."""
+    options = settings.store
+    try:
+        return Store(
+            store_url(settings, base),
+            retry=Backoff(options.retry_initial, options.retry_max),
+            heartbeat=Heartbeat(options.heartbeat_interval, options.heartbeat_timeout),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"store: {exc}") from exc
+
+
 def build_hub(
     settings: Settings, *, base: Path | None = None, exit_when_done: bool = False
 ) -> DispatchHub:
@@ -367,13 +390,14 @@ def build_hub(
             agent=settings.agent.build(),
             strategies=strategies,
             from_=settings.from_,
-            store=store_url(settings, base),
+            store=build_store(settings, base),
             pacing=Pacing(**settings.pacing.model_dump()),
             retry=RetryPolicy(**settings.retry.model_dump()),
             poll_interval=settings.poll_interval,
             drain_timeout=settings.drain_timeout,
             default_region=settings.default_region,
             recover=settings.recover,
+            recover_hold=settings.recover_hold,
             callback_timeout=settings.callbacks.timeout,
             callback_backoff=Backoff(
                 settings.callbacks.retry_initial, settings.callbacks.retry_max

@@ -17,6 +17,8 @@ __all__ = [
     "InvalidPhone",
     "SourceError",
     "StoreError",
+    "StoreInUse",
+    "StoreUnavailable",
 ]
 
 
@@ -29,7 +31,20 @@ class ConfigError(DispatchError):
 
 
 class StoreError(DispatchError):
-    """The store could not be reached or a write failed; the driver error is chained."""
+    """The store refused an operation, or could not be reached (:class:`StoreUnavailable`);
+    the driver error is chained. A plain ``StoreError`` is permanent: trying the same write
+    again fails the same way."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (connection refused or lost, server restarting,
+    database locked): transient. Writes that must not be lost (outcomes, skips, callbacks)
+    are held and committed once it is back; an intent fails at once, so nothing is dialed
+    without one."""
+
+
+class StoreInUse(StoreError):
+    """Another daemon holds the store (its heartbeat is fresh): a second one is refused."""
 
 
 class SourceError(DispatchError):

@@ -1,46 +1,56 @@
 """The hub: polls strategies and moves each record through admission, pacing and dialing.
 
-It orchestrates; the rest lives elsewhere: admission in :mod:`dispatch.admission`, the queue in
-:mod:`dispatch.queue`, pacing in :mod:`dispatch.pacing`, one attempt from intent to outcome in
-:mod:`dispatch.attempts`, persistence in :mod:`dispatch.store`, callbacks in
-:mod:`dispatch.outbox`.
+It orchestrates; the rest lives elsewhere: the intake decision in :mod:`dispatch.intake`
+(admission rules in :mod:`dispatch.admission`), the queue in :mod:`dispatch.queue`, pacing in
+:mod:`dispatch.pacing`, one attempt from intent to outcome in :mod:`dispatch.attempts`,
+persistence in :mod:`dispatch.store`, callbacks in :mod:`dispatch.outbox`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .abc import (
-    Agent,
-    Malformed,
-    PollItem,
-    Removed,
-    Strategy,
-)
-from .admission import Admission, Defer, Skip
+from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
+from .admission import Admission
 from .attempts import Attempts, Counters
-from .clock import Clock, SystemClock
-from .errors import DispatchError, StoreError
-from .options import Pacing, RecoverMode, RetryPolicy
-from .outbox import Backoff, Outbox
-from .pacing import SlidingWindowLimiter
+from .clock import Clock, SystemClock, wait_for
+from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
+from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
+from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+from .outbox import Outbox
+from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
-from .states import SkipReason
-from .store import KnownRecord, Store
+from .store import KnownRecord, Skipped, Store
 from .store.outbox import Callback
 
 __all__ = ["DispatchHub", "HubStatistics"]
 
 logger = logging.getLogger(__name__)
+
+# A dial start in the ledger is the time its intent was written; the dial itself followed the
+# commit. Seeding the limiter with starts this much later keeps a restarted daemon on the safe
+# side of every window.
+SEED_MARGIN = 1.0
+# How long a stopping hub still waits, beyond the drain timeout, for an unreachable store to
+# take the outcomes it holds.
+STORE_GRACE = 10.0
+# Intake yields to the event loop this often (seconds), so a huge poll never stalls dialing.
+INTAKE_SLICE = 0.005
+SKIP_BATCH = 500  # skips committed per transaction
+SKIP_LOG_LIMIT = 100  # skips logged one by one per poll; the rest are summed up
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,8 @@ class HubStatistics:
     failed: int
     skipped: int
     already_handled: int  # records in the latest polls that an earlier run had finished
+    rate_limited: int = 0  # dials taken from the queue, waiting for the rate limit
+    held_numbers: int = 0  # numbers not dialed for now: a call to them may still be live
 
 
 class DispatchHub:
@@ -68,6 +80,11 @@ class DispatchHub:
     Run it with ``await hub.run()`` (until :meth:`stop` or cancellation), or as an async context
     manager that runs it in the background. With ``exit_when_done=True`` it stops by itself once
     every polled record has reached a terminal state.
+
+    ``recover`` says what becomes of the attempts a dead daemon left in flight
+    (``"interrupt"``: never dialed again; ``"retry"``: dialed again within the attempt cap);
+    either way their numbers, which may still be in a call, are not dialed for
+    ``recover_hold`` seconds.
     """
 
     def __init__(
@@ -87,6 +104,7 @@ class DispatchHub:
         drain_timeout: float = 30.0,
         default_region: str | None = None,
         recover: RecoverMode = "interrupt",
+        recover_hold: float = 600.0,
         exit_when_done: bool = False,
         callback_timeout: float = 30.0,
         callback_backoff: Backoff | None = None,
@@ -99,6 +117,8 @@ class DispatchHub:
             raise ValueError(f"strategy names must be unique, got {names}")
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
+        if recover_hold < 0:
+            raise ValueError("recover_hold cannot be negative")
         self.agent = agent
         self.from_ = from_
         self.pacing = _merge_pacing(pacing, max_calls_per_minute, max_concurrent)
@@ -106,9 +126,10 @@ class DispatchHub:
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
         self.recover = recover
+        self.recover_hold = recover_hold
         self.exit_when_done = exit_when_done
         self.clock = clock or SystemClock()
-        self.store = store if isinstance(store, Store) else Store(store)
+        self.store = store if isinstance(store, Store) else Store(store, clock=self.clock)
         self.admission = Admission(default_region=default_region, clock=self.clock)
         self._sources = [Source(s) for s in strategies]
         self._queue = DispatchQueue(self._sources, self.clock)
@@ -137,6 +158,8 @@ class DispatchHub:
             retry=self.retry,
             from_=from_,
             poll_interval=poll_interval,
+            limiter=self._limiter,
+            hold=recover_hold,
         )
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
@@ -168,6 +191,8 @@ class DispatchHub:
             failed=c.failed,
             skipped=c.skipped,
             already_handled=sum(s.handled_in_last_poll for s in self._sources),
+            rate_limited=self._limiter.statistics().waiting if self._limiter else 0,
+            held_numbers=self._queue.held,
         )
 
     async def __aenter__(self) -> Self:
@@ -206,7 +231,9 @@ class DispatchHub:
             async with anyio.create_task_group() as outer:
                 await outer.start(self._run_store)
                 agent_done = anyio.Event()
+                beating = anyio.CancelScope()
                 try:
+                    outer.start_soon(self._heartbeat, beating)
                     await outer.start(self._run_agent, agent_done)
                     self._log_ready()
                     async with anyio.create_task_group() as delivery:
@@ -218,6 +245,7 @@ class DispatchHub:
                             # Calls are over: deliver what is due, then stop the worker.
                             self._outbox.finish()
                 finally:
+                    beating.cancel()
                     agent_done.set()
                     self.store.close()
         finally:
@@ -233,20 +261,64 @@ class DispatchHub:
 
     async def _open(self) -> None:
         await self.store.open()
-        recovered = await self.store.recover(self.recover, self.clock.now())
+        for dead in await self.store.claim():
+            logger.warning(
+                "store.took_over from=%s started=%s (its heartbeat expired or its process is gone)",
+                dead,
+                f"{dead.started_at:%Y-%m-%d %H:%M:%S}",
+            )
+        now = self.clock.now()
+        recovered = await self.store.recover(self.recover, now)
         if recovered:
             logger.warning(
-                "store.recovered attempts=%d mode=%s (left in flight by a previous process)",
+                "store.recovered attempts=%d mode=%s hold=%gs (left in flight by a previous "
+                "process; their numbers are not dialed during the hold)",
                 recovered,
                 self.recover,
+                self.recover_hold,
             )
+        await self._restore_pacing(now)
         known = await self.store.known_records()
         for source in self._sources:
             source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
             source.terminal_at_start = {r for r, k in source.known.items() if k.state.terminal}
         for source in self._sources:
-            await source.strategy.open()
-            source.strategy._poll_requested = source.request_poll
+            await source.strategy.open(StrategyContext(poll_now=source.request_poll))
+
+    async def _restore_pacing(self, now: datetime) -> None:
+        """Seed the rate limiter with the ledger's recent dial starts, and hold the numbers
+        whose calls may still be live, so a restart changes neither."""
+        mono = self.clock.monotonic()
+        if self._limiter is not None:
+            since = now - timedelta(seconds=self._limiter.window)
+            starts = await self.store.dial_starts(since)
+            self._limiter.seed(mono - (now - t).total_seconds() + SEED_MARGIN for t in starts)
+        if self.recover_hold:
+            since = now - timedelta(seconds=self.recover_hold)
+            for phone, ended in (await self.store.maybe_live(since)).items():
+                self._queue.hold(phone, mono - (now - ended).total_seconds() + self.recover_hold)
+        if self._queue.held:
+            logger.info(
+                "hub.holding numbers=%d (a call to them may still be live)", self._queue.held
+            )
+
+    async def _heartbeat(self, scope: anyio.CancelScope) -> None:
+        """Tell the store this daemon is alive; stop the hub if another daemon took over."""
+        interval = self.store.heartbeat_options.interval
+        with scope:
+            while True:
+                await self.clock.sleep_until(self.clock.monotonic() + interval)
+                try:
+                    alive = await self.store.beat()
+                except StoreUnavailable:
+                    continue  # the store logs its outage once; beat again when it is back
+                except StoreError as exc:
+                    logger.error("store.heartbeat_failed error=%s", exc)
+                    continue
+                if not alive:
+                    raise StoreInUse(
+                        "another daemon took the store over (this one's heartbeat had expired)"
+                    )
 
     def _log_ready(self) -> None:
         logger.info(
@@ -261,13 +333,11 @@ class DispatchHub:
     ) -> None:
         """Hold the agent open, in a task of its own (an agent may run background tasks from
         ``open()`` to ``aclose()``), until the calls are over."""
-        self.agent._late_reported = self._attempts.late
-        await self.agent.open()
+        await self.agent.open(AgentContext(report_late=self._attempts.late))
         try:
             task_status.started()
             await done.wait()
         finally:
-            self.agent._late_reported = None
             try:
                 await self.agent.aclose()
             except Exception:
@@ -276,11 +346,14 @@ class DispatchHub:
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             for source in self._sources:
-                source.strategy._poll_requested = None
                 try:
                     await source.strategy.aclose()
                 except Exception:
                     logger.exception("strategy.close_failed strategy=%s", source.name)
+            try:
+                await self.store.release()
+            except StoreError as exc:
+                logger.warning("store.release_failed error=%s", exc)
             await self.store.aclose()
 
     async def _serve(self) -> None:
@@ -293,8 +366,13 @@ class DispatchHub:
                 control.start_soon(self._queue.run_timers)
                 control.start_soon(self._dispatch_loop, calls)
                 control.start_soon(self._attempts.reconcile_late)
-                await self._stopping.wait()
-                control.cancel_scope.cancel()
+                try:
+                    await self._stopping.wait()
+                finally:
+                    # Stopping (or cancelled): an unreachable store may keep the outcomes of
+                    # the calls in flight waiting only so long, or the daemon could never exit.
+                    self.store.stop_retrying(after=self.drain_timeout + STORE_GRACE)
+                    control.cancel_scope.cancel()
             active = self.statistics().active
             if active:
                 logger.info("hub.draining active=%d timeout=%.0fs", active, self.drain_timeout)
@@ -330,15 +408,7 @@ class DispatchHub:
         """Sleep until the next poll is due or the strategy asks for one (``poll_now``)."""
         if not source.poll_wanted:
             source.poll_event = event = anyio.Event()
-            async with anyio.create_task_group() as tg:
-
-                async def interval() -> None:
-                    await self.clock.sleep_until(self.clock.monotonic() + self.poll_interval)
-                    event.set()
-
-                tg.start_soon(interval)
-                await event.wait()
-                tg.cancel_scope.cancel()
+            await wait_for(event, self.clock.monotonic() + self.poll_interval, self.clock)
             source.poll_event = None
         source.poll_wanted = False
 
@@ -363,94 +433,126 @@ class DispatchHub:
                 waiting=len(source.waiting),
                 at=self.clock.now(),
             )
+        except StoreUnavailable:
+            pass  # best effort; the store logs its outage once
         except StoreError as exc:
             logger.warning("store.queue_snapshot_failed strategy=%s error=%s", source.name, exc)
 
     async def _intake(self, source: Source, items: AsyncIterator[PollItem]) -> None:
-        skips: list[tuple[Record, Skip, int]] = []
+        """Act on each item of one poll, as :func:`~dispatch.intake.decide` says.
+
+        Yields to the event loop every few milliseconds, so a poll of any size keeps the
+        calls in flight responsive, and commits skips in bounded batches as it goes."""
+        skips: list[tuple[Record, Skipped]] = []
+        reported: Counter[str] = Counter()
         handled = 0
         incremental = source.strategy.incremental
+        clock = time.perf_counter
+        slice_ends = clock() + INTAKE_SLICE
+        count = 0
         async for item in items:
-            if isinstance(item, Removed):
-                if incremental and item.id not in source.in_flight and source.queued(item.id):
-                    self._queue.withdraw(source, item.id)
-                    logger.info("record.withdrawn strategy=%s record=%s", source.name, item.id)
-                continue
-            record = item.record() if isinstance(item, Malformed) else item
-            due: float | None = None  # a replaced record keeps its retry time
-            if source.queued(record.id):
-                if not incremental or record.id in source.in_flight:
-                    continue
-                due = self._queue.withdraw(source, record.id)
-                logger.info("record.updated strategy=%s record=%s", source.name, record.id)
-            known = source.known.get(record.id)
-            fixable = incremental and known is not None and known.skipped_for_content
-            if known is not None and known.state.terminal and not fixable:
-                handled += record.id in source.terminal_at_start
-                continue
-            attempts = known.attempts if known else 0
-            decision = (
-                Skip(SkipReason.MALFORMED, item.detail)
-                if isinstance(item, Malformed)
-                else self.admission.check(record)
+            count += 1
+            if count % 32 == 0 and clock() >= slice_ends:
+                await anyio.lowlevel.checkpoint()
+                slice_ends = clock() + INTAKE_SLICE
+            record_id = item.id
+            queued = source.queued(record_id)
+            in_flight = record_id in source.in_flight
+            verdict = decide(
+                item,
+                known=source.known.get(record_id),
+                queued=queued,
+                in_flight=in_flight,
+                incremental=incremental,
+                admission=self.admission,
             )
-            if isinstance(decision, Skip):
-                phone = record.phone[:32]
-                if fixable and known and (known.reason, known.phone) == (decision.reason, phone):
-                    handled += record.id in source.terminal_at_start
-                    continue  # still broken the same way: already reported
-                skips.append((record, decision, attempts))
-                # Mark it now so a repeat of the same id in this poll is not skipped twice.
-                source.known[record.id] = KnownRecord(
-                    decision.state, attempts, None, decision.reason, phone
-                )
-            elif isinstance(decision, Defer):
-                self._queue.delay(source, decision.record, max(decision.until, due or 0.0))
-            elif due is not None:
-                self._queue.delay(source, decision.record, due)
-            elif known is not None and known.retry_at is not None:
-                # A retry scheduled by an earlier run keeps its due time.
-                wait = (known.retry_at - self.clock.now()).total_seconds()
-                self._queue.delay(source, decision.record, self.clock.monotonic() + wait)
+            if isinstance(verdict, Ignore):
+                continue
+            # An incremental source's new version of a queued record replaces it (a pending
+            # retry keeps its due time).
+            due = self._queue.withdraw(source, record_id) if queued and not in_flight else None
+            if isinstance(verdict, Withdraw):
+                logger.info("record.withdrawn strategy=%s record=%s", source.name, record_id)
+            elif isinstance(verdict, Done):
+                handled += record_id in source.terminal_at_start
+            elif isinstance(verdict, Refuse):
+                self._refuse(source, verdict, skips, reported)
+                if len(skips) >= SKIP_BATCH:
+                    await self._record_skips(source, skips)
+                    skips = []
             else:
-                self._queue.admit(source, decision.record)
+                if queued:
+                    logger.info("record.updated strategy=%s record=%s", source.name, record_id)
+                self._enqueue(source, verdict, due)
         source.handled_in_last_poll = handled
         if skips:
             await self._record_skips(source, skips)
-
-    async def _record_skips(self, source: Source, skips: list[tuple[Record, Skip, int]]) -> None:
-        now = self.clock.now()
-        async with anyio.create_task_group() as tg:  # concurrent writes share one commit
-            for record, skip, attempts_made in skips:
-                tg.start_soon(self._record_skip, source, record, skip, attempts_made, now)
-
-    async def _record_skip(
-        self, source: Source, record: Record, skip: Skip, attempts_made: int, now: datetime
-    ) -> None:
-        logger.warning(
-            "record.skipped strategy=%s record=%s reason=%s detail=%s",
-            source.name,
-            record.id,
-            skip.reason,
-            skip.detail,
-        )
-        try:
-            await self.store.skipped(
-                strategy=source.name,
-                record_id=record.id,
-                phone=record.phone[:32],  # as given: a skipped phone may be anything
-                state=skip.state,
-                reason=skip.reason,
-                attempts_made=attempts_made,
-                at=now,
-                callback=Callback(source.name, "on_skipped", record, (skip.reason.value,)),
+        hidden = sum(reported.values()) - SKIP_LOG_LIMIT
+        if hidden > 0:
+            logger.warning(
+                "record.skipped strategy=%s more=%d reasons=%s (not logged one by one; "
+                "`dispatch status` counts them)",
+                source.name,
+                hidden,
+                ",".join(f"{reason}:{n}" for reason, n in sorted(reported.items())),
             )
+
+    def _enqueue(self, source: Source, verdict: Admit | Wait, due: float | None) -> None:
+        until = -math.inf if due is None else due
+        if isinstance(verdict, Wait):
+            wait = (verdict.until - self.clock.now()).total_seconds()
+            until = max(until, self.clock.monotonic() + wait)
+        if until == -math.inf:
+            self._queue.admit(source, verdict.record)
+        else:
+            self._queue.delay(source, verdict.record, until)
+
+    def _refuse(
+        self,
+        source: Source,
+        verdict: Refuse,
+        skips: list[tuple[Record, Skipped]],
+        reported: Counter[str],
+    ) -> None:
+        record, skip = verdict.record, verdict.skip
+        reported[skip.reason] += 1
+        if sum(reported.values()) <= SKIP_LOG_LIMIT:
+            logger.warning(
+                "record.skipped strategy=%s record=%s reason=%s detail=%s",
+                source.name,
+                record.id,
+                skip.reason,
+                skip.detail,
+            )
+        known = source.known.get(record.id)
+        attempts = known.attempts if known else 0
+        phone = record.phone[:32]  # as given: a skipped phone may be anything
+        callback = Callback(source.name, "on_skipped", record, (skip.reason.value,))
+        skips.append(
+            (
+                record,
+                Skipped(source.name, record.id, phone, skip.state, skip.reason, attempts, callback),
+            )
+        )
+        # Marked now, so a repeat of the same id in this poll is not skipped twice.
+        source.known[record.id] = KnownRecord(skip.state, attempts, None, skip.reason, phone)
+
+    async def _record_skips(self, source: Source, skips: list[tuple[Record, Skipped]]) -> None:
+        try:
+            await self.store.skipped([skip for _, skip in skips], at=self.clock.now())
         except StoreError as exc:
-            # Not persisted: forget it so the next poll decides again.
-            source.known.pop(record.id, None)
-            logger.error("store.skip_failed record=%s error=%s", record.id, exc)
+            # Not persisted: forget them so the next poll decides again.
+            for record, _ in skips:
+                source.known.pop(record.id, None)
+            logger.error(
+                "store.skip_failed strategy=%s records=%d first=%s error=%s",
+                source.name,
+                len(skips),
+                skips[0][0].id,
+                exc,
+            )
             return
-        self._counters.skipped += 1
+        self._counters.skipped += len(skips)
         self._outbox.wake()
 
     # -- dispatching -------------------------------------------------------------------------
@@ -458,20 +560,29 @@ class DispatchHub:
     async def _dispatch_loop(self, calls: TaskGroup) -> None:
         slots = anyio.Semaphore(self.pacing.max_concurrent)
         while True:
+            # No dial while intents cannot be committed: the store logs the outage once.
+            await self.store.wait_available()
             await slots.acquire()
             source, record = await self._queue.take()
+            reservation: Reservation | None = None
             try:
                 if self._limiter is not None:
-                    await self._limiter.acquire()
+                    reservation = await self._limiter.acquire()
             except BaseException:
                 self._queue.put_back(source, record)  # not dialed
                 slots.release()
                 raise
-            calls.start_soon(self._attempt, source, record, slots)
+            calls.start_soon(self._attempt, source, record, reservation, slots)
 
-    async def _attempt(self, source: Source, record: Record, slots: anyio.Semaphore) -> None:
+    async def _attempt(
+        self,
+        source: Source,
+        record: Record,
+        reservation: Reservation | None,
+        slots: anyio.Semaphore,
+    ) -> None:
         try:
-            await self._attempts.run(source, record)
+            await self._attempts.run(source, record, reservation)
         finally:
             self._queue.release(source, record)
             slots.release()

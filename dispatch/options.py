@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Pacing", "RecoverMode", "RetryPolicy"]
+__all__ = ["Backoff", "Pacing", "RecoverMode", "RetryPolicy"]
 
 RecoverMode = Literal["interrupt", "retry"]
 
@@ -49,3 +49,19 @@ class RetryPolicy:
     @property
     def max_dials(self) -> int:
         return 1 + self.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before the n-th retry: ``initial * factor**(n-1)``, at most ``maximum`` seconds."""
+
+    initial: float = 1.0
+    maximum: float = 300.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.initial <= 0 or self.maximum < self.initial or self.factor < 1:
+            raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
+
+    def delay(self, failures: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** max(0, failures - 1))

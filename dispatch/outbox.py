@@ -13,37 +13,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .abc import Strategy
-from .clock import Clock
-from .errors import StoreError
+from .clock import Clock, wait_for
+from .errors import StoreError, StoreUnavailable
+from .options import Backoff
 from .store import Store
 from .store import outbox as ob
 
 __all__ = ["Backoff", "Outbox"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before the n-th retry: ``initial * factor**(n-1)``, at most ``maximum`` seconds."""
-
-    initial: float = 1.0
-    maximum: float = 300.0
-    factor: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.initial <= 0 or self.maximum < self.initial or self.factor < 1:
-            raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
-
-    def delay(self, failures: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
 
 
 class Outbox:
@@ -67,6 +51,7 @@ class Outbox:
         self.concurrency = concurrency
         self._event: anyio.Event | None = None
         self._finishing = False
+        self._finish_event: anyio.Event | None = None
 
     def wake(self) -> None:
         """New rows were committed: look for due ones now."""
@@ -76,9 +61,14 @@ class Outbox:
     def finish(self) -> None:
         """Make one last pass over what is due, then let :meth:`run` return."""
         self._finishing = True
+        if self._finish_event is not None:
+            self._finish_event.set()
         self.wake()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._finish_event = anyio.Event()
+        if self._finishing:
+            self._finish_event.set()
         task_status.started()
         while True:
             self._event = event = anyio.Event()  # set by wake() from here on
@@ -87,40 +77,58 @@ class Outbox:
                 fetched = await self._deliver_due()
                 full = fetched == self.batch
                 next_at = None if full else await ob.next_due(self.store.engine)
+            except StoreUnavailable:
+                if finishing:
+                    logger.warning(
+                        "outbox.pending (the store is unreachable: callbacks not yet delivered "
+                        "are delivered after the next start)"
+                    )
+                    return
+                await self._wait_for_store()  # the store logs its outage once
+                continue
             except StoreError as exc:
-                logger.error("outbox.unreadable error=%s (retrying)", exc)
+                logger.error(
+                    "outbox.unreadable error=%s (retrying in %gs)", exc, self.backoff.initial
+                )
                 fetched, full = 0, False
                 next_at = self.clock.now() + timedelta(seconds=self.backoff.initial)
             # The last pass goes on until nothing is due: a delivered callback may have been
             # holding back the next one of its record. (A failed one is due again later, so it
             # is not fetched twice.)
             if finishing and not fetched:
-                pending = await ob.backlog(self.store.engine)
-                if pending[0]:
-                    logger.warning(
-                        "outbox.pending rows=%d (delivered after the next start)", pending[0]
-                    )
+                await self._report_left()
                 return
             if full or finishing:
                 continue
             await self._wait(event, next_at)
 
-    async def _wait(self, event: anyio.Event, next_at: datetime | None) -> None:
-        if next_at is None:
-            await event.wait()
+    async def _report_left(self) -> None:
+        try:
+            pending, _ = await ob.backlog(self.store.engine)
+        except StoreError as exc:
+            logger.warning("outbox.pending unknown (%s)", exc)
             return
-        delay = (next_at - self.clock.now()).total_seconds()
-        if delay <= 0:
-            return
+        if pending:
+            logger.warning("outbox.pending rows=%d (delivered after the next start)", pending)
+
+    async def _wait_for_store(self) -> None:
+        """Until the store is back or :meth:`finish` is called, whichever comes first."""
+        assert self._finish_event is not None
         async with anyio.create_task_group() as tg:
 
-            async def timer() -> None:
-                await self.clock.sleep_until(self.clock.monotonic() + delay)
+            async def back() -> None:
+                await self.store.wait_available()
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(timer)
-            await event.wait()
+            tg.start_soon(back)
+            await self._finish_event.wait()
             tg.cancel_scope.cancel()
+
+    async def _wait(self, event: anyio.Event, next_at: datetime | None) -> None:
+        deadline = None
+        if next_at is not None:
+            deadline = self.clock.monotonic() + (next_at - self.clock.now()).total_seconds()
+        await wait_for(event, deadline, self.clock)
 
     async def _deliver_due(self) -> int:
         """Deliver what is due, one batch; return how many rows it held.

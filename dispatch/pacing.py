@@ -5,18 +5,28 @@ seconds ever holds more than ``N`` dial starts, retries included, whatever the h
 bucket such as aiolimiter admits up to 2N-1 in one window after an idle period). Waiters are
 served first come, first served, and each sleeps until the exact moment a start becomes
 allowed: there is no polling.
+
+A start is taken in two steps, because a dial may only start once its intent is committed:
+:meth:`~SlidingWindowLimiter.acquire` waits for room and reserves it; then
+:meth:`~SlidingWindowLimiter.start` stamps the start at the moment the intent is committed
+(later than the reservation, never earlier, so every window stays within the limit), or
+:meth:`~SlidingWindowLimiter.cancel` gives the room back if nothing was dialed. :meth:`seed`
+loads the starts of a previous process, so that a daemon restarting in a loop still never
+exceeds ``N`` in any window.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
 
 from .clock import Clock, SystemClock
 
-__all__ = ["LimiterStatistics", "SlidingWindowLimiter"]
+__all__ = ["LimiterStatistics", "Reservation", "SlidingWindowLimiter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +37,16 @@ class LimiterStatistics:
     waiting: int
 
 
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """Room for one dial start, taken by :meth:`SlidingWindowLimiter.acquire`."""
+
+    at: float  # monotonic time the start is counted at (the reservation's, until started)
+    done: bool = False
+
+
 class SlidingWindowLimiter:
-    """At most ``limit`` acquisitions in any ``window`` seconds (half-open intervals)."""
+    """At most ``limit`` starts in any ``window`` seconds (half-open intervals)."""
 
     def __init__(self, limit: int, window: float = 60.0, *, clock: Clock | None = None) -> None:
         if limit < 1:
@@ -38,14 +56,23 @@ class SlidingWindowLimiter:
         self.limit = limit
         self.window = window
         self._clock = clock or SystemClock()
-        # The newest `limit` start times; a new start is allowed once the oldest of them has
-        # left the window. That is exactly the condition for "<= limit in every window".
-        self._starts: deque[float] = deque(maxlen=limit)
+        # The starts (and reservations) of the last window, oldest first. A new one is allowed
+        # at `now` while fewer than `limit` lie in (now - window, now]. Every entry is added at
+        # the current time (or after the newest), so the newest is always last, and moving a
+        # reservation to a later time is a removal plus an addition: the invariant holds
+        # through both.
+        self._starts: deque[float] = deque()
         self._lock: anyio.Lock | None = None
         self._waiting = 0
 
-    async def acquire(self) -> float:
-        """Wait until a start is allowed, record it, and return its (monotonic) time."""
+    def seed(self, starts: Iterable[float]) -> None:
+        """Count these (monotonic) start times, e.g. a previous process's, as starts."""
+        merged = sorted([*self._starts, *starts])
+        self._starts = deque(merged)
+        self._prune(self._clock.monotonic())
+
+    async def acquire(self) -> Reservation:
+        """Wait until a start is allowed and reserve it (FIFO among waiters)."""
         if self._lock is None:
             self._lock = anyio.Lock()  # created lazily: it needs a running event loop
         self._waiting += 1
@@ -55,22 +82,58 @@ class SlidingWindowLimiter:
                     now = self._clock.monotonic()
                     allowed_at = self.next_allowed(now)
                     if allowed_at <= now:
-                        self._starts.append(now)
-                        return now
+                        return Reservation(self._add(now))
                     await self._clock.sleep_until(allowed_at)
         finally:
             self._waiting -= 1
 
+    async def start(self, reservation: Reservation) -> float:
+        """The dial starts now: move the reservation to the current time and return it.
+
+        Normally immediate. If the wait between the reservation and now let other starts in
+        (an intent that took long to commit), this waits until the start is allowed again.
+        """
+        self._take_back(reservation)
+        now = self._clock.monotonic()
+        at = self._add(now) if self.next_allowed(now) <= now else (await self.acquire()).at
+        reservation.at, reservation.done = at, True
+        return at
+
+    def cancel(self, reservation: Reservation) -> None:
+        """Nothing was dialed after all: give the room back."""
+        self._take_back(reservation)
+        reservation.done = True
+
+    def _take_back(self, reservation: Reservation) -> None:
+        if reservation.done:
+            raise RuntimeError("this reservation was already started or cancelled")
+        with contextlib.suppress(ValueError):  # already out of the window
+            self._starts.remove(reservation.at)
+
+    def _add(self, now: float) -> float:
+        # Seeded starts may lie a little ahead of now (see DispatchHub's seeding): a start is
+        # never counted before the newest one, which only ever counts it later (safe).
+        at = max(now, self._starts[-1]) if self._starts else now
+        self._starts.append(at)
+        return at
+
     def next_allowed(self, now: float) -> float:
         """The earliest time at or after ``now`` when a start is allowed."""
+        self._prune(now)
         if len(self._starts) < self.limit:
             return now
-        return max(now, self._starts[0] + self.window)
+        return max(now, self._starts[-self.limit] + self.window)
 
     def starts_in_window(self, now: float | None = None) -> int:
-        """How many starts lie in the window ending at ``now``."""
+        """How many starts (and reservations) lie in the window ending at ``now``."""
         now = self._clock.monotonic() if now is None else now
         return sum(1 for t in self._starts if t > now - self.window)
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        starts = self._starts
+        while starts and starts[0] <= horizon:
+            starts.popleft()
 
     def statistics(self) -> LimiterStatistics:
         return LimiterStatistics(self.limit, self.window, self.starts_in_window(), self._waiting)

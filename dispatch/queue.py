@@ -1,16 +1,19 @@
 """What is waiting to be dialed, across strategies.
 
 Per strategy: admitted records in arrival order, the records in flight, and the records
-waiting for a time (a retry delay, ``not_before``). Across strategies: the numbers in a call.
-:meth:`DispatchQueue.take` picks the next dialable record round-robin across strategies (one
-busy source cannot starve another), passing over, never dropping, a record whose number is in
-a call. Waiters are woken by changes, never by polling.
+waiting for a time (a retry delay, ``not_before``). Across strategies: the numbers in a call,
+and the numbers held for a while because a call to them may still be live at the platform (a
+crash or a lost connection left it in flight). :meth:`DispatchQueue.take` picks the next
+dialable record round-robin across strategies (one busy source cannot starve another),
+passing over, never dropping, a record whose number is in a call or held. Waiters are woken by
+changes and timers, never by polling.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,11 +76,14 @@ class DispatchQueue:
         self.sources = list(sources)
         self.clock = clock
         self._phones_busy: set[str] = set()
+        self._holds: dict[str, float] = {}  # number -> monotonic time the hold ends
+        self._hold_ends: list[tuple[float, str]] = []  # a heap of (end, number)
         self._delayed: list[tuple[float, int, Source, Record]] = []
         self._seq = itertools.count()
         self._rr = 0  # round-robin position across sources
         self._changed: anyio.Event | None = None
         self._timer_scope: anyio.CancelScope | None = None
+        self._timer_target = math.inf  # the deadline the timer sleeps for
 
     @property
     def pending(self) -> int:
@@ -103,9 +109,8 @@ class DispatchQueue:
         """Queue ``record`` at monotonic time ``until``."""
         seq = next(self._seq)
         source.waiting[record.id] = (until, seq)
-        if self._delayed and until < self._delayed[0][0] and self._timer_scope is not None:
-            self._timer_scope.cancel()  # the timer sleeps for a later deadline: re-arm it
         heapq.heappush(self._delayed, (until, seq, source, record))
+        self._rearm(until)
         self.notify()
 
     def withdraw(self, source: Source, record_id: str) -> float | None:
@@ -119,15 +124,38 @@ class DispatchQueue:
             self._delayed.clear()
         return entry[0]
 
+    def hold(self, phone: str, until: float) -> None:
+        """Dial no record with number ``phone`` before monotonic time ``until``: a call to it
+        may still be live. A longer hold already in place is kept."""
+        if until <= self._holds.get(phone, -math.inf):
+            return
+        self._holds[phone] = until
+        heapq.heappush(self._hold_ends, (until, phone))
+        self._rearm(until)
+        self.notify()
+
+    def unhold(self, phone: str) -> None:
+        """The call that held ``phone`` is known to be over."""
+        if self._holds.pop(phone, None) is not None:
+            self.notify()
+
+    @property
+    def held(self) -> int:
+        """How many numbers are held."""
+        return len(self._holds)
+
     async def take(self) -> tuple[Source, Record]:
         """Wait for the next dialable record and mark it (and its number) in flight."""
         while True:
             changed = self._change_event()
             count = len(self.sources)
+            blocked = self._phones_busy
+            if self._holds:
+                blocked = blocked | self._holds.keys()
             for offset in range(count):
                 source = self.sources[(self._rr + offset) % count]
                 for record_id, record in source.pending.items():
-                    if record.phone not in self._phones_busy:
+                    if record.phone not in blocked:
                         source.take(record_id)
                         source.in_flight.add(record_id)
                         self._phones_busy.add(record.phone)
@@ -147,21 +175,35 @@ class DispatchQueue:
         self.admit(source, record)
 
     async def run_timers(self) -> None:
-        """Move waiting records into the queue when their time comes; runs until cancelled."""
+        """Move waiting records into the queue when their time comes, and end holds; runs
+        until cancelled."""
         while True:
-            while self._delayed and self._delayed[0][0] <= self.clock.monotonic():
+            now = self.clock.monotonic()
+            while self._delayed and self._delayed[0][0] <= now:
                 until, seq, source, record = heapq.heappop(self._delayed)
                 if source.waiting.get(record.id) == (until, seq):  # else withdrawn or replaced
                     del source.waiting[record.id]
                     self.admit(source, record)
-            changed = self._change_event()
+            while self._hold_ends and self._hold_ends[0][0] <= now:
+                until, phone = heapq.heappop(self._hold_ends)
+                if self._holds.get(phone) == until:  # else lifted or extended
+                    del self._holds[phone]
+                    self.notify()
+            deadlines = [h[0][0] for h in (self._delayed, self._hold_ends) if h]
             with anyio.CancelScope() as scope:
                 self._timer_scope = scope
-                if self._delayed:
-                    await self.clock.sleep_until(self._delayed[0][0])
+                if deadlines:
+                    self._timer_target = min(deadlines)
+                    await self.clock.sleep_until(self._timer_target)
                 else:
-                    await changed.wait()
+                    self._timer_target = math.inf
+                    await self._change_event().wait()
             self._timer_scope = None
+
+    def _rearm(self, deadline: float) -> None:
+        """A new deadline: if the timer sleeps for a later one, wake it to sleep again."""
+        if self._timer_scope is not None and deadline < self._timer_target:
+            self._timer_scope.cancel()
 
     def notify(self) -> None:
         """Something changed: wake whoever waits for a record or a deadline."""

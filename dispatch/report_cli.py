@@ -13,7 +13,7 @@ import anyio
 from sqlalchemy.engine import make_url
 
 from .config import Settings, store_url
-from .errors import InvalidPhone, StoreError
+from .errors import InvalidPhone, StoreError, StoreUnavailable
 from .record import normalize_phone
 from .store import Store, reports
 
@@ -36,6 +36,12 @@ async def _reading(settings: Settings, base: Path) -> AsyncIterator[Store]:
     await store.open(migrate=False)
     try:
         yield store
+    except StoreUnavailable:
+        raise
+    except StoreError as exc:
+        raise StoreError(
+            f"{exc}; has the daemon or `dispatch db upgrade` ever run against it?"
+        ) from exc
     finally:
         await store.aclose()
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import inspect
 import itertools
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .abc import Agent, Call, CallEnd, DialRequest
+from .abc import Agent, AgentContext, Call, CallEnd, DialRequest
+from .clock import Signal
 from .errors import DialInterrupted, DialRejected, DialUnknown
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "ScriptedCall",
     "Signal",
     "max_in_any_window",
+    "wait_all_tasks_blocked",
 ]
 
 if TYPE_CHECKING:
@@ -50,6 +53,27 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+async def wait_all_tasks_blocked() -> None:
+    """Return once every other task of the event loop is blocked (see
+    :meth:`ManualClock.wait_all_tasks_blocked`)."""
+    try:
+        this = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio's own primitive (anyio passes it through)
+        await anyio.wait_all_tasks_blocked()
+        return
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        if all(task is this or _blocked(task) for task in asyncio.all_tasks()):
+            return
+    raise RuntimeError("some task never blocks (a busy loop?)")
+
+
+def _blocked(task: asyncio.Task[Any]) -> bool:
+    # A task waits on `_fut_waiter`; a done one means its wake-up is already scheduled.
+    waiter = getattr(task, "_fut_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
 def max_in_any_window(starts: Iterable[float], window: float) -> int:
     """The most dial starts found in any half-open interval ``[t, t + window)``: what
     ``max_calls_per_minute`` promises never exceeds the limit."""
@@ -60,25 +84,6 @@ def max_in_any_window(starts: Iterable[float], window: float) -> int:
             j += 1
         best = max(best, j - i)
     return best
-
-
-class Signal:
-    """Lets a test wait until a condition on some state becomes true, without polling:
-    the owner of the state calls :meth:`notify` after every change."""
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            if self._event is None:
-                self._event = anyio.Event()
-            await self._event.wait()
 
 
 class ManualClock:
@@ -160,10 +165,29 @@ class ManualClock:
         """Return once at least ``count`` tasks are sleeping on this clock."""
         await self.wait_until(lambda: len(self._sleepers) >= count)
 
+    async def wait_for_deadline(self, deadline: float) -> None:
+        """Return once some task sleeps until ``deadline`` (e.g. the poll loop's next poll at
+        ``clock.monotonic() + poll_interval``)."""
+        await self.wait_until(lambda: deadline in self.deadlines)
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; it is checked whenever sleepers come or go
         (e.g. ``lambda: clock.deadlines == [10.0]``)."""
         await self._signal.wait_until(predicate)
+
+    async def wait_all_tasks_blocked(self) -> None:
+        """Return once every other task is blocked: waiting for an event, a lock, a sleep on
+        this clock, a socket or a worker thread, with nothing left to run.
+
+        The primitive that makes "nothing happened yet" an assertion that can fail: after
+        ``clock.advance(29)``, ``await clock.wait_all_tasks_blocked()`` lets every task the
+        advance woke run as far as it can, so a record dialed too early is seen dialed. Like
+        trio's ``wait_all_tasks_blocked``, a task waiting for a worker thread (a database
+        driver's, say) counts as blocked: assert on what the hub decides in the event loop
+        (``hub.statistics()``, the queue, the clock's deadlines), not on the result of I/O
+        still under way.
+        """
+        await wait_all_tasks_blocked()
 
     def _notify(self) -> None:
         self._signal.notify()
@@ -243,7 +267,8 @@ class ScriptedAgent(Agent):
         self._ids = itertools.count(1)
         self._signal = Signal()
 
-    async def open(self) -> None:
+    async def open(self, context: AgentContext | None = None) -> None:
+        await super().open(context)
         self.opened = True
 
     async def aclose(self) -> None:

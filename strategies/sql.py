@@ -40,7 +40,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Date, DateTime, String
 
-from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
+from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy, StrategyContext
 from dispatch.clock import Clock, SystemClock
 from dispatch.errors import ConfigError, SourceError
 from dispatch.record import Record
@@ -172,7 +172,8 @@ class SqlStrategy(Strategy):
             )
         return self._engine
 
-    async def open(self) -> None:
+    async def open(self, context: StrategyContext | None = None) -> None:
+        await super().open(context)
         try:
             await self._prepared()
         except SourceError as exc:  # the database may come up later; polls will say so

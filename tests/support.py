@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from dispatch import Record, Strategy
+import anyio.from_thread
+
+from dispatch import Backoff, Clock, Heartbeat, Record, Store, Strategy
 from dispatch.testing import Signal
+
+# Far out of the way of what the tests do with their clocks (its sleep is one sleeper more).
+QUIET_HEARTBEAT = Heartbeat(interval=10_000.0, timeout=20_000.0)
 
 
 class ListStrategy(Strategy):
@@ -42,7 +47,7 @@ class ListStrategy(Strategy):
 
     def _event(self, name: str, record: Record, *args: Any) -> None:
         self.events.append((name, record.id, *args))
-        self.signal.notify()
+        notify_from_anywhere(self.signal)
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == name]
@@ -52,6 +57,23 @@ class ListStrategy(Strategy):
 
     async def wait_for_events(self, count: int) -> None:
         await self.signal.wait_until(lambda: len(self.events) >= count)
+
+
+def store_for(url: str, clock: Clock, **options: Any) -> Store:
+    """A store on ``clock`` whose heartbeat stays out of the way and whose outage retries are
+    quick."""
+    options.setdefault("heartbeat", QUIET_HEARTBEAT)
+    options.setdefault("retry", Backoff(initial=0.05, maximum=0.2))
+    return Store(url, clock=clock, **options)
+
+
+def notify_from_anywhere(signal: Signal) -> None:
+    """``signal.notify()``, from the event loop or from a worker thread (sync callbacks run in
+    one): anyio events are not thread-safe."""
+    try:
+        anyio.from_thread.run_sync(signal.notify)
+    except RuntimeError:  # not in a worker thread: on the event loop already
+        signal.notify()
 
 
 def rec(record_id: str, phone: str, **fields: Any) -> Record:

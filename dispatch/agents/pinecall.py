@@ -38,8 +38,8 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ..abc import Agent, Call, CallEnd, DialRequest, LateOutcome
-from ..clock import Clock, SystemClock
+from ..abc import Agent, AgentContext, Call, CallEnd, DialRequest, LateOutcome
+from ..clock import Clock, SystemClock, wait_for
 from ..errors import DialInterrupted, DialRejected, DialUnknown, DispatchError
 
 __all__ = ["PinecallAgent", "PinecallCall", "PinecallFatal", "normalize_reason"]
@@ -163,13 +163,14 @@ class PinecallAgent(Agent):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
+    async def open(self, context: AgentContext | None = None) -> None:
         """Connect and register; return once the agent is ready to dial. Raises
         :class:`PinecallFatal` at once for a refused key or registration.
 
         The connection runs in a task group that ``open()`` enters and :meth:`aclose` leaves:
         call both from the same task with no cancel scope opened in between (the hub does), or
         use ``async with agent:``."""
+        await super().open(context)
         self._ready = anyio.Event()
         # The connection runs in a task group entered here and left in aclose(): the hub calls
         # both from its own task, around everything else it runs.
@@ -241,16 +242,7 @@ class PinecallAgent(Agent):
         return frame
 
     async def _wait_settled(self, dial: _Dial, deadline: float) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def timer() -> None:
-                await self.clock.sleep_until(deadline)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(timer)
-            await dial.settled.wait()
-            tg.cancel_scope.cancel()
-        if not dial.settled.is_set():
+        if not await wait_for(dial.settled, deadline, self.clock):
             raise TimeoutError
 
     def _forget(self, dial: _Dial) -> None:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from . import reports
-from .store import KnownRecord, Store, StoreStatistics, async_url, with_async_driver
+from .store import (
+    Heartbeat,
+    KnownRecord,
+    Skipped,
+    Store,
+    StoreStatistics,
+    async_url,
+    with_async_driver,
+)
 
 __all__ = [
+    "Heartbeat",
     "KnownRecord",
+    "Skipped",
     "Store",
     "StoreStatistics",
     "async_url",

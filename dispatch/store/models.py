@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "metadata", "outbox", "records", "sources"]
+__all__ = ["attempts", "instances", "metadata", "outbox", "records", "sources"]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -83,6 +83,7 @@ attempts = Table(
     Column("duration", Float),
     Column("dialed_at", UtcDateTime(), nullable=False),
     Column("ended_at", UtcDateTime()),
+    Column("owner", String(64)),  # the instance that committed the intent (instances.id)
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),
@@ -124,4 +125,20 @@ sources = Table(
     Column("pending", Integer, nullable=False),  # admitted, waiting for a slot or the limiter
     Column("waiting", Integer, nullable=False),  # waiting for a retry delay or not_before
     Column("polled_at", UtcDateTime(), nullable=False),
+)
+
+# The daemons using this store: identity and heartbeat. A daemon registers on start, beats
+# every few seconds and deletes its row on a clean stop; a row whose heartbeat expired (or
+# whose process is provably gone) belongs to a dead daemon, whose in-flight attempts the next
+# one recovers. With one daemon per store (SQLite, or PostgreSQL without a cluster), a second
+# one is refused while the first one's heartbeat is fresh.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("boot_id", String(64)),  # with host: the same machine since the same boot
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False),
 )

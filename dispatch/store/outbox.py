@@ -12,12 +12,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
-from ..errors import StoreError
 from ..record import Record
+from .errors import translated
 from .models import outbox
 
 if TYPE_CHECKING:
@@ -86,19 +85,18 @@ async def due(engine: AsyncEngine, now: datetime, limit: int = 500) -> list[Outb
     query = (
         select(outbox).where(_heads(), outbox.c.next_at <= now).order_by(outbox.c.id).limit(limit)
     )
-    try:
+    with translated("reading the outbox"):
         async with engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the outbox: {type(exc).__name__}") from exc
     return [OutboxRow(row.id, row.deliveries, _callback(row)) for row in rows]
 
 
 async def next_due(engine: AsyncEngine) -> datetime | None:
     """When the next deliverable row is due, or None if every callback was delivered."""
     query = select(func.min(outbox.c.next_at)).where(_heads())
-    async with engine.connect() as conn:
-        value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+    with translated("reading the outbox"):
+        async with engine.connect() as conn:
+            value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
     return value
 
 
@@ -107,8 +105,9 @@ async def backlog(engine: AsyncEngine) -> tuple[int, int]:
     query = select(func.count(), func.count().filter(outbox.c.deliveries > 0)).where(
         outbox.c.delivered_at.is_(None)
     )
-    async with engine.connect() as conn:
-        pending, failing = (await conn.execute(query)).one()
+    with translated("reading the outbox"):
+        async with engine.connect() as conn:
+            pending, failing = (await conn.execute(query)).one()
     return int(pending), int(failing)
 
 

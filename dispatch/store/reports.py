@@ -12,11 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..errors import StoreError
 from ..states import AttemptState, RecordState
+from .errors import translated
 from .models import attempts, records, sources
 from .outbox import backlog
 
@@ -111,15 +110,13 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
         attempts.c.state.in_([AttemptState.DIALING.value, AttemptState.ACTIVE.value])
     )
     recent = select(func.count()).where(attempts.c.dialed_at > now - timedelta(minutes=1))
-    try:
+    with translated("reading the status"):
         async with engine.connect() as conn:
             rows = (await conn.execute(by_state)).all()
             flying = (await conn.execute(in_flight)).scalar_one()
             last_minute = (await conn.execute(recent)).scalar_one()
             queues = {row.strategy: row for row in await conn.execute(select(sources))}
-        pending, failing = await backlog(engine)
-    except SQLAlchemyError as exc:
-        raise StoreError(_unreadable(exc)) from exc
+    pending, failing = await backlog(engine)
     states: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     states.update({name: Counter() for name in queues if name not in states})
@@ -170,16 +167,7 @@ async def history(
         query = query.where(attempts.c.record_id == record_id)
     if strategy is not None:
         query = query.where(attempts.c.strategy == strategy)
-    try:
+    with translated("reading the history"):
         async with engine.connect() as conn:
             result = await conn.execute(query)
             return [AttemptRow(**row._mapping) for row in result]
-    except SQLAlchemyError as exc:
-        raise StoreError(_unreadable(exc)) from exc
-
-
-def _unreadable(exc: SQLAlchemyError) -> str:
-    return (
-        f"cannot read the store ({type(exc).__name__}); has the daemon or "
-        "`dispatch db upgrade` ever run against it?"
-    )

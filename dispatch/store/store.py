@@ -1,43 +1,62 @@
 """The ledger: SQLAlchemy 2 (async) over SQLite or PostgreSQL.
 
-Every write goes through one writer task that group-commits whatever is queued: the intents of
-concurrent dials, outcomes and skips share one transaction (one fsync). A caller's ``await``
-returns only once the transaction holding its write has committed, so "intent committed before
-``agent.dial()``" holds while the store still reaches tens of thousands of rows per second.
+Every write goes through one writer task (:mod:`dispatch.store.writer`) that group-commits
+whatever is queued: the intents of concurrent dials, outcomes and skips share one transaction
+(one fsync). A caller's ``await`` returns only once the transaction holding its write has
+committed, so "intent committed before ``agent.dial()``" holds while the store still reaches
+tens of thousands of rows per second. When the database goes away, outcomes, skips and
+callback marks are held and committed once it is back; intents fail at once.
+
+Every driver error becomes a :class:`~dispatch.errors.StoreError` at this boundary
+(:mod:`dispatch.store.errors`); messages never carry the password, the SQL or its parameters.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from sqlalchemy import Connection, Executable, bindparam, event, select, update
+from sqlalchemy import Connection, Executable, and_, bindparam, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import aliased
 
+from ..clock import Clock, SystemClock
 from ..errors import StoreError
-from ..options import RecoverMode
+from ..options import Backoff, RecoverMode
 from ..record import Record
 from ..states import AttemptState, RecordState, SkipReason
+from . import instances as inst
 from . import outbox as ob
+from .errors import translated
 from .migrate import upgrade_connection
-from .models import attempts, records, sources
+from .models import attempts, instances, records, sources
+from .writer import Statements, Writer
 
-__all__ = ["KnownRecord", "Store", "StoreStatistics", "async_url"]
+__all__ = [
+    "Heartbeat",
+    "KnownRecord",
+    "Skipped",
+    "Store",
+    "StoreStatistics",
+    "async_url",
+    "with_async_driver",
+]
 
 logger = logging.getLogger(__name__)
 
 _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
+# Attempts whose call may still be live at the platform: their numbers are held for a while.
+_MAYBE_LIVE = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
 
 
 def async_url(url: str | URL) -> URL:
@@ -79,13 +98,29 @@ class KnownRecord:
         return self.state is RecordState.SKIPPED and self.reason in _CONTENT_SKIPS
 
 
-@dataclass(slots=True)
-class _Write:
-    """One logical write: statements to run with their parameters, committed atomically."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """One record refused by admission, for :meth:`Store.skipped`."""
 
-    statements: list[tuple[Executable, dict[str, Any]]]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
+    strategy: str
+    record_id: str
+    phone: str
+    state: RecordState
+    reason: str
+    attempts_made: int
+    callback: ob.Callback | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """How often a daemon says it is alive, and after how long silence it counts as dead."""
+
+    interval: float = 5.0
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.interval < self.timeout:
+            raise ValueError("heartbeat needs 0 < interval < timeout")
 
 
 class Store:
@@ -94,19 +129,31 @@ class Store:
 
     Use: ``await store.open()`` (migrates to the newest schema), start :meth:`run` in a task
     group (``await tg.start(store.run)``), write, then :meth:`close` and :meth:`aclose`.
+    ``retry`` paces the writer's attempts to reach an unreachable database; ``clock`` is the
+    time it reads (the hub passes its own).
     """
 
-    def __init__(self, url: str | URL, *, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        queue_size: int = 10_000,
+        retry: Backoff | None = None,
+        heartbeat: Heartbeat | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.url = async_url(url)
+        self.clock = clock or SystemClock()
+        self.retry = retry or Backoff(initial=0.5, maximum=30.0)
+        self.heartbeat_options = heartbeat or Heartbeat()
+        self.instance: inst.Instance | None = None  # once claim()ed
         self._engine: AsyncEngine | None = None
         self._upsert_record = _UPSERT_RECORD[self.url.get_backend_name()]
         self._upsert_source = _UPSERT_SOURCE[self.url.get_backend_name()]
+        self._insert_attempt = _INSERT_ATTEMPT[self.url.get_backend_name()]
         self._queue_size = queue_size
-        # The write queue is created by open(): a Store built but never opened holds nothing.
-        self._send: MemoryObjectSendStream[_Write] | None = None
-        self._receive: MemoryObjectReceiveStream[_Write] | None = None
-        self._commits = 0
-        self._rows = 0
+        # Created by open(): a Store built but never opened holds nothing.
+        self._writer: Writer | None = None
 
     def __repr__(self) -> str:
         # Never render the password (DESIGN guarantee 8).
@@ -122,70 +169,92 @@ class Store:
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect, and upgrade the schema to the newest migration unless ``migrate`` is off."""
-        self._send, self._receive = anyio.create_memory_object_stream[_Write](self._queue_size)
-        engine = create_async_engine(self.url)
+        # Pre-ping: a connection the server dropped (restart, pg_terminate_backend) is
+        # replaced at checkout instead of failing the next write.
+        engine = create_async_engine(self.url, pool_pre_ping=True)
         if self.url.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
         self._engine = engine
+        self._writer = Writer(
+            lambda: self.engine, clock=self.clock, backoff=self.retry, queue_size=self._queue_size
+        )
         if migrate:
             await self.upgrade()
 
     async def upgrade(self) -> None:
         """Apply every pending Alembic migration."""
-        try:
+        with translated(f"migrating {self!r}"):
             async with self.engine.begin() as conn:
                 await conn.run_sync(upgrade_connection)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate {self!r}: {exc.__class__.__name__}") from exc
 
     def close(self) -> None:
         """Stop accepting writes; :meth:`run` commits what is queued and returns."""
-        if self._send is not None:
-            self._send.close()
+        if self._writer is not None:
+            self._writer.close()
 
     async def aclose(self) -> None:
-        self.close()
-        if self._receive is not None:
-            self._receive.close()
+        if self._writer is not None:
+            self._writer.dispose()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: commit queued writes in groups until :meth:`close` is called."""
-        receive = self._receive
-        if receive is None:
-            raise StoreError("open() the store before running its writer")
-        task_status.started()
-        async with receive:
-            batch: list[_Write] = []
-            try:
-                async for first in receive:
-                    batch = [first]
-                    while True:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await self._commit(batch)
-                    batch = []
-            finally:
-                # Cancelled or closed: nobody may wait forever for a write that will never
-                # happen. What was queued or in progress is failed; the attempts concerned
-                # stay in flight in the store and are recovered as interrupted.
-                while True:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                for write in batch:
-                    if not write.done.is_set():
-                        write.error = StoreError("the store writer stopped")
-                        write.done.set()
+        await self._open_writer().run(task_status=task_status)
+
+    @property
+    def available(self) -> bool:
+        """False while the store is unreachable (outcomes are held, intents refused)."""
+        return self._writer is None or self._writer.available
+
+    async def wait_available(self) -> None:
+        """Return once the store can take writes again (at once if it can)."""
+        await self._open_writer().wait_available()
+
+    def stop_retrying(self, after: float) -> None:
+        """``after`` seconds from now on, writes held for an unreachable store fail instead
+        of waiting for it: a stopping daemon must be able to exit."""
+        self._open_writer().give_up_after(after)
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(commits=self._commits, writes=self._rows)
+        stats = self._open_writer().statistics()
+        return StoreStatistics(stats.commits, stats.writes, stats.held, stats.unavailable_since)
+
+    async def wait_until(self, predicate: Callable[[StoreStatistics], bool]) -> None:
+        """Return once ``predicate(store.statistics())`` holds; it is checked whenever an
+        outage begins or ends or holds more writes (e.g. ``lambda s: s.held == 2``)."""
+        writer = self._open_writer()
+        await writer.changed.wait_until(lambda: predicate(self.statistics()))
+
+    def _open_writer(self) -> Writer:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return self._writer
+
+    # -- the daemon's identity ---------------------------------------------------------------
+
+    async def claim(self) -> list[inst.Instance]:
+        """Register this process as the store's daemon (see :mod:`dispatch.store.instances`);
+        return the dead daemons it replaced. Raises :class:`~dispatch.errors.StoreInUse`."""
+        me = inst.Instance.this_process(self.clock.now())
+        replaced = await inst.claim(
+            self.engine, me, expiry=timedelta(seconds=self.heartbeat_options.timeout)
+        )
+        self.instance = me
+        return replaced
+
+    async def beat(self) -> bool:
+        """Write this daemon's heartbeat; False if another daemon has taken the store over."""
+        assert self.instance is not None, "claim() first"
+        return await inst.heartbeat(self.engine, self.instance, self.clock.now())
+
+    async def release(self) -> None:
+        """Unregister this daemon (a clean stop)."""
+        if self.instance is not None:
+            me, self.instance = self.instance, None
+            await inst.release(self.engine, me)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -200,61 +269,104 @@ class Store:
             records.c.reason,
             records.c.phone,
         )
-        async with self.engine.connect() as conn:
-            result = await conn.stream(query)
-            return {
-                (row.strategy, row.record_id): KnownRecord(
-                    RecordState(row.state),
-                    row.attempts,
-                    row.retry_at,
-                    *((row.reason, row.phone) if row.state == RecordState.SKIPPED else ()),
-                )
-                async for row in result
-            }
+        with translated("reading the records"):
+            async with self.engine.connect() as conn:
+                result = await conn.stream(query)
+                return {
+                    (row.strategy, row.record_id): KnownRecord(
+                        RecordState(row.state),
+                        row.attempts,
+                        row.retry_at,
+                        *((row.reason, row.phone) if row.state == RecordState.SKIPPED else ()),
+                    )
+                    async for row in result
+                }
 
     async def recover(self, mode: RecoverMode, now: datetime) -> int:
-        """Close the attempts a previous process left in flight; return how many.
+        """Close the attempts that dead daemons left in flight; return how many.
 
-        They become ``interrupted``. With ``mode="interrupt"`` their records become terminal
-        ``interrupted`` (never re-dialed: the phone may have rung); with ``"retry"`` the records
-        are put back to ``retry`` and the interrupted attempt still counts against the cap.
+        Only attempts whose owner is gone are touched (no owner, or an owner no longer in
+        ``instances``: :meth:`claim` removed the dead ones). They become ``interrupted``. A
+        record whose latest attempt is one of them becomes terminal ``interrupted`` with
+        ``mode="interrupt"`` (never re-dialed: the phone may have rung), or goes back to
+        ``retry`` with ``"retry"`` (the interrupted attempt still counts against the cap). A
+        record with a later attempt keeps its state: recovery never downgrades an outcome.
         """
-        in_flight = [AttemptState.DIALING.value, AttemptState.ACTIVE.value]
+        later = aliased(attempts)
+        newer = (
+            select(later.c.id)
+            .where(
+                and_(
+                    later.c.strategy == attempts.c.strategy,
+                    later.c.record_id == attempts.c.record_id,
+                    later.c.number > attempts.c.number,
+                )
+            )
+            .exists()
+        )
+        orphaned = attempts.c.owner.is_(None) | attempts.c.owner.not_in(select(instances.c.id))
+        query = select(
+            attempts.c.id, attempts.c.strategy, attempts.c.record_id, attempts.c.phone, newer
+        ).where(attempts.c.state.in_(_IN_FLIGHT), orphaned)
         record_state = RecordState.RETRY if mode == "retry" else RecordState.INTERRUPTED
-        async with self.engine.begin() as conn:
-            rows = (
+        with translated("recovering interrupted attempts"):
+            async with self.engine.begin() as conn:
+                rows = (await conn.execute(query)).all()
+                if not rows:
+                    return 0
                 await conn.execute(
-                    select(attempts.c.strategy, attempts.c.record_id, attempts.c.phone).where(
-                        attempts.c.state.in_(in_flight)
+                    update(attempts)
+                    .where(attempts.c.id == bindparam("b_id"))
+                    .values(
+                        state=AttemptState.INTERRUPTED.value, reason="process ended", ended_at=now
+                    ),
+                    [{"b_id": row[0]} for row in rows],
+                )
+                latest = [(s, r, p) for _, s, r, p, superseded in rows if not superseded]
+                if latest:
+                    await conn.execute(
+                        update(records)
+                        .where(records.c.strategy == bindparam("b_strategy"))
+                        .where(records.c.record_id == bindparam("b_record_id"))
+                        .values(state=record_state.value, reason="interrupted", updated_at=now),
+                        [{"b_strategy": s, "b_record_id": r} for s, r, _ in latest],
                     )
-                )
-            ).all()
-            if not rows:
-                return 0
-            await conn.execute(
-                update(attempts)
-                .where(attempts.c.state.in_(in_flight))
-                .values(state=AttemptState.INTERRUPTED.value, reason="process ended", ended_at=now)
-            )
-            await conn.execute(
-                update(records)
-                .where(records.c.strategy == bindparam("b_strategy"))
-                .where(records.c.record_id == bindparam("b_record_id"))
-                .values(state=record_state.value, reason="interrupted", updated_at=now),
-                [{"b_strategy": s, "b_record_id": r} for s, r, _ in rows],
-            )
-            if mode == "interrupt":
-                # The record is final: report it. Only its id and phone survive a crash.
-                await conn.execute(
-                    ob.INSERT,
-                    [
-                        ob.Callback(s, "on_failed", Record(id=r, phone=p), ("interrupted",)).row(
-                            now
-                        )
-                        for s, r, p in rows
-                    ],
-                )
+                if latest and mode == "interrupt":
+                    # The record is final: report it. Only its id and phone survive a crash.
+                    await conn.execute(
+                        ob.INSERT,
+                        [
+                            ob.Callback(
+                                s, "on_failed", Record(id=r, phone=p), ("interrupted",)
+                            ).row(now)
+                            for s, r, p in latest
+                        ],
+                    )
         return len(rows)
+
+    async def dial_starts(self, since: datetime) -> list[datetime]:
+        """When the attempts committed after ``since`` were dialed, oldest first: the history
+        the rate limiter is seeded with on start."""
+        query = (
+            select(attempts.c.dialed_at)
+            .where(attempts.c.dialed_at > since)
+            .order_by(attempts.c.dialed_at)
+        )
+        with translated("reading recent dial starts"):
+            async with self.engine.connect() as conn:
+                return list((await conn.execute(query)).scalars())
+
+    async def maybe_live(self, since: datetime) -> dict[str, datetime]:
+        """Numbers whose latest call may still be live at the platform (interrupted by a
+        crash or a drain, or of unknown outcome) and ended after ``since``: number -> when."""
+        query = (
+            select(attempts.c.phone, func.max(attempts.c.ended_at))
+            .where(attempts.c.state.in_(_MAYBE_LIVE), attempts.c.ended_at > since)
+            .group_by(attempts.c.phone)
+        )
+        with translated("reading numbers possibly still in a call"):
+            async with self.engine.connect() as conn:
+                return {phone: at for phone, at in (await conn.execute(query)).all()}
 
     # -- writes (each returns once committed) ------------------------------------------------
 
@@ -268,11 +380,17 @@ class Store:
         phone: str,
         at: datetime,
     ) -> None:
-        """Commit that attempt ``number`` of the record is about to be dialed."""
+        """Commit that attempt ``number`` of the record is about to be dialed.
+
+        Fails at once with :class:`~dispatch.errors.StoreUnavailable` while the store is
+        unreachable. Idempotent by ``attempt_id``: after a commit whose result was lost with
+        the connection, the same intent may be written again.
+        """
+        owner = self.instance.id if self.instance is not None else None
         await self._write(
             [
                 (
-                    _INSERT_ATTEMPT,
+                    self._insert_attempt,
                     {
                         "id": attempt_id,
                         "strategy": strategy,
@@ -281,21 +399,23 @@ class Store:
                         "phone": phone,
                         "state": AttemptState.DIALING.value,
                         "dialed_at": at,
+                        "owner": owner,
                     },
                 ),
                 (
                     self._upsert_record,
                     _record_row(strategy, record_id, phone, RecordState.DIALING, number, at),
                 ),
-            ]
+            ],
+            held=False,
         )
 
     async def activated(
         self, attempt_id: str, call_id: str, *, at: datetime, callback: ob.Callback | None = None
     ) -> None:
         """Commit the platform's call id for an attempt (and its ``on_dispatched``)."""
-        statements: list[tuple[Executable, dict[str, Any]]] = [
-            (_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id})
+        statements: Statements = [
+            (_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id[:200]})
         ]
         await self._write(_with_callback(statements, callback, at))
 
@@ -315,8 +435,12 @@ class Store:
         retry_at: datetime | None = None,
     ) -> None:
         """Commit an attempt's outcome, the record's resulting state and the callback that
-        reports it, together. ``retry_at``: when a record put back to ``retry`` is due."""
-        statements: list[tuple[Executable, dict[str, Any]]] = [
+        reports it, together. ``retry_at``: when a record put back to ``retry`` is due.
+
+        Held through an outage: returns once committed, however long the store is away."""
+        reason = reason[:500] if reason is not None else None
+        call_id = call_id[:200] if call_id is not None else None
+        statements: Statements = [
             (
                 _FINISH_ATTEMPT,
                 {
@@ -343,27 +467,24 @@ class Store:
         ]
         await self._write(_with_callback(statements, callback, at))
 
-    async def skipped(
-        self,
-        *,
-        strategy: str,
-        record_id: str,
-        phone: str,
-        state: RecordState,
-        reason: str,
-        attempts_made: int,
-        at: datetime,
-        callback: ob.Callback | None = None,
-    ) -> None:
-        """Commit that a record was refused by admission (terminal, never dialed again)."""
-        row = _record_row(strategy, record_id, phone, state, attempts_made, at)
-        row["reason"] = reason
-        await self._write(_with_callback([(self._upsert_record, row)], callback, at))
+    async def skipped(self, skips: Sequence[Skipped], *, at: datetime) -> None:
+        """Commit that records were refused by admission (terminal, never dialed again), with
+        their ``on_skipped`` callbacks, in one transaction. Held through an outage."""
+        statements: Statements = []
+        for skip in skips:
+            row = _record_row(
+                skip.strategy, skip.record_id, skip.phone[:32], skip.state, skip.attempts_made, at
+            )
+            row["reason"] = skip.reason
+            statements.append((self._upsert_record, row))
+            _with_callback(statements, skip.callback, at)
+        await self._write(statements)
 
     async def polled(self, strategy: str, *, pending: int, waiting: int, at: datetime) -> None:
-        """Commit what the hub holds in memory for a strategy after a poll."""
+        """Commit what the hub holds in memory for a strategy after a poll (best effort: fails
+        at once while the store is unreachable)."""
         row = {"strategy": strategy, "pending": pending, "waiting": waiting, "polled_at": at}
-        await self._write([(self._upsert_source, row)])
+        await self._write([(self._upsert_source, row)], held=False)
 
     async def delivered(self, outbox_ids: list[int], at: datetime) -> None:
         """Commit that these outbox rows' callbacks returned."""
@@ -376,66 +497,25 @@ class Store:
         params = {"b_id": outbox_id, "b_deliveries": deliveries, "b_next_at": next_at}
         await self._write([(ob.FAILED, {**params, "b_error": error[:500]})])
 
-    # -- the writer --------------------------------------------------------------------------
-
-    async def _write(self, statements: list[tuple[Executable, dict[str, Any]]]) -> None:
-        write = _Write(statements)
-        if self._send is None:
-            raise StoreError("the store is not open")
-        try:
-            await self._send.send(write)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise StoreError("the store is closed") from exc
-        await write.done.wait()
-        if write.error is not None:
-            raise StoreError(f"write failed: {write.error}") from write.error
-
-    async def _commit(self, batch: list[_Write]) -> None:
-        try:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_apply, batch)
-        except SQLAlchemyError as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
-            else:
-                # One bad write must not fail its neighbours: retry each on its own.
-                logger.warning(
-                    "store.batch_failed size=%d error=%s", len(batch), type(exc).__name__
-                )
-                for write in batch:
-                    await self._commit([write])
-                return
-        self._commits += 1
-        self._rows += len(batch)
-        for write in batch:
-            write.done.set()
+    async def _write(self, statements: Statements, *, held: bool = True) -> None:
+        await self._open_writer().write(statements, held=held)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
     commits: int
     writes: int
+    held: int = 0  # writes waiting for an unreachable store
+    unavailable_since: float | None = None  # monotonic time the current outage began
 
     @property
     def writes_per_commit(self) -> float:
         return self.writes / self.commits if self.commits else math.nan
 
 
-def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
-    # Group rows by statement, in order of first appearance. Safe because a batch never holds
-    # two writes for one attempt or one record: each write of an attempt waits for the commit
-    # of the previous one, and a record has at most one attempt in flight.
-    grouped: dict[int, tuple[Executable, list[Mapping[str, Any]]]] = {}
-    for write in batch:
-        for statement, params in write.statements:
-            grouped.setdefault(id(statement), (statement, []))[1].append(params)
-    for statement, rows in grouped.values():
-        conn.execute(statement, rows)
-
-
 def _with_callback(
-    statements: list[tuple[Executable, dict[str, Any]]], callback: ob.Callback | None, at: datetime
-) -> list[tuple[Executable, dict[str, Any]]]:
+    statements: Statements, callback: ob.Callback | None, at: datetime
+) -> Statements:
     if callback is not None:
         statements.append((ob.INSERT, callback.row(at)))
     return statements
@@ -502,7 +582,15 @@ def _upsert_sources(dialect: Any) -> Executable:
     return upsert
 
 
-_INSERT_ATTEMPT = attempts.insert()
+def _insert_attempt(dialect: Any) -> Executable:
+    # Idempotent by id only: an intent written again after a lost commit is a no-op, while a
+    # second attempt with the same (strategy, record_id, number) still fails on its unique
+    # constraint, which is what keeps a record from being dialed twice.
+    stmt: Executable = dialect.insert(attempts).on_conflict_do_nothing(index_elements=["id"])
+    return stmt
+
+
+_INSERT_ATTEMPT = {"sqlite": _insert_attempt(sqlite), "postgresql": _insert_attempt(postgresql)}
 _UPSERT_SOURCE = {"sqlite": _upsert_sources(sqlite), "postgresql": _upsert_sources(postgresql)}
 _UPSERT_RECORD = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
 _UPDATE_ATTEMPT_CALL = (

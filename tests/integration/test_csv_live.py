@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from dispatch import DispatchHub, Record
-from dispatch.abc import CallbackName
+from dispatch.abc import CallbackName, StrategyContext
 from dispatch.testing import ManualClock, ScriptedAgent, Signal
 from strategies import CsvStrategy, WriteBack
 
@@ -62,8 +62,8 @@ async def test_the_watcher_asks_for_a_poll_when_the_file_is_saved(tmp_path: Path
         requests += 1
         asked.notify()
 
-    strategy._poll_requested = poll_now
     with anyio.fail_after(10):
+        await strategy.open(StrategyContext(poll_now=poll_now))
         async with anyio.create_task_group() as tg:
             tg.start_soon(strategy.watch)
             # Once registered, the watcher asks for one poll (for saves made while it started).

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from dispatch import AttemptState, RecordState, StoreError
-from dispatch.store import KnownRecord, Store
+from dispatch.store import KnownRecord, Skipped, Store
 from dispatch.store.migrate import head_revision
 from dispatch.store.models import metadata
 from dispatch.testing import ManualClock
@@ -86,16 +86,8 @@ async def finish(
 
 
 async def skip_invalid(store: Store, record_id: str, callback: Any = None) -> None:
-    await store.skipped(
-        strategy="s",
-        record_id=record_id,
-        phone="12",
-        state=RecordState.SKIPPED,
-        reason="invalid_phone",
-        attempts_made=0,
-        at=NOW,
-        callback=callback,
-    )
+    skip = Skipped("s", record_id, "12", RecordState.SKIPPED, "invalid_phone", 0, callback)
+    await store.skipped([skip], at=NOW)
 
 
 def _plain(store: Store) -> str:
@@ -284,3 +276,142 @@ async def test_an_upgrade_that_dies_midway_leaves_nothing_and_a_restart_migrates
         assert version == [(head_revision(),)]
     finally:
         await store.aclose()
+
+
+async def test_recovery_never_downgrades_a_record_whose_latest_attempt_is_terminal(
+    store: Store,
+) -> None:
+    # Attempt 1 was left in flight (its outcome lost), attempt 2 then completed: recovery
+    # closes attempt 1 and leaves the record completed, with no on_failed queued.
+    from dispatch.store import outbox as ob
+
+    await intent(store, "a1", "r1", number=1)
+    await intent(store, "a2", "r1", number=2)
+    await finish(store, "a2", "r1", call_id="c2")
+    for mode in ("retry", "interrupt"):
+        await store.recover(mode, NOW)  # type: ignore[arg-type]
+    assert sorted(await fetch(_plain(store), "SELECT id, state FROM attempts")) == [
+        ("a1", "interrupted"),
+        ("a2", "completed"),
+    ]
+    assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.COMPLETED, 2)}
+    assert await ob.due(store.engine, NOW) == []
+
+
+async def test_recovery_leaves_the_attempts_of_a_live_daemon_alone(
+    store: Store, any_store_url: str
+) -> None:
+    await store.claim()  # this daemon is alive
+    await intent(store, "mine", "r1")
+    await intent(store, "orphan", "r2")
+    # The orphan's owner never registered (or was removed as dead): it is recoverable.
+    async with store.engine.begin() as conn:
+        from sqlalchemy import text
+
+        await conn.execute(text("UPDATE attempts SET owner = 'gone' WHERE id = 'orphan'"))
+    assert await store.recover("interrupt", NOW) == 1
+    assert sorted(await fetch(any_store_url, "SELECT id, state FROM attempts")) == [
+        ("mine", "dialing"),
+        ("orphan", "interrupted"),
+    ]
+    await store.release()
+
+
+async def test_a_second_daemon_is_refused_while_the_first_ones_heartbeat_is_fresh(
+    any_store_url: str,
+) -> None:
+    from dispatch import StoreInUse
+
+    first, second = Store(any_store_url), Store(any_store_url)
+    await first.open()
+    await second.open()
+    try:
+        await first.claim()
+        with pytest.raises(StoreInUse, match=r"store in use by [^:]+:\d+ since \d{4}-\d\d-\d\d"):
+            await second.claim()
+        await first.release()
+        await second.claim()  # a clean stop frees the store at once
+        assert await second.beat()
+    finally:
+        await second.release()
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_daemon_whose_process_is_gone_is_taken_over_at_once(any_store_url: str) -> None:
+    from dataclasses import replace
+
+    from dispatch.store import instances
+
+    store = Store(any_store_url)
+    await store.open()
+    try:
+        dead_pid = _exited_pid()
+        me = instances.Instance.this_process(store.clock.now())
+        await _register(store, replace(me, id="dead", pid=dead_pid))
+        alive = replace(me, id="alive-elsewhere", host="other-host")
+        replaced = await store.claim()
+        assert [i.id for i in replaced] == ["dead"]
+        await store.release()
+        await _register(store, alive)  # another machine, heartbeat fresh: not provably gone
+        from dispatch import StoreInUse
+
+        with pytest.raises(StoreInUse, match="other-host"):
+            await store.claim()
+    finally:
+        await store.aclose()
+
+
+async def test_a_daemon_whose_heartbeat_expired_is_taken_over(any_store_url: str) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from dispatch.store import instances
+
+    store = Store(any_store_url)
+    await store.open()
+    try:
+        me = instances.Instance.this_process(store.clock.now())
+        stale = store.clock.now() - timedelta(seconds=31)
+        await _register(store, replace(me, id="silent", host="far", heartbeat_at=stale))
+        assert [i.id for i in await store.claim()] == ["silent"]
+        assert await store.beat()
+        async with store.engine.begin() as conn:  # someone removed us: the claim is lost
+            from sqlalchemy import text
+
+            await conn.execute(text("DELETE FROM instances"))
+        assert not await store.beat()
+    finally:
+        await store.aclose()
+
+
+async def test_an_intent_written_again_after_a_lost_commit_is_one_attempt(store: Store) -> None:
+    await intent(store, "a1", "r1")
+    await intent(store, "a1", "r1")  # the same id: the first commit did happen
+    assert await fetch(_plain(store), "SELECT id, number FROM attempts") == [("a1", 1)]
+    with pytest.raises(StoreError):
+        await intent(store, "other", "r1")  # the same attempt number under another id
+
+
+async def _register(store: Store, instance: Any) -> None:
+    from dispatch.store.models import instances
+
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            instances.insert().values(
+                id=instance.id,
+                host=instance.host,
+                pid=instance.pid,
+                boot_id=instance.boot_id,
+                started_at=instance.started_at,
+                heartbeat_at=instance.heartbeat_at,
+            )
+        )
+
+
+def _exited_pid() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

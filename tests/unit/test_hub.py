@@ -12,7 +12,7 @@ import pytest
 from dispatch import DialRequest, DispatchHub, Pacing, RetryPolicy, Store
 from dispatch.testing import ManualClock, ScriptedAgent
 from tests.conftest import fetch
-from tests.support import PHONES, ListStrategy, rec
+from tests.support import PHONES, ListStrategy, rec, store_for
 
 pytestmark = pytest.mark.anyio
 
@@ -27,11 +27,12 @@ def make_hub(
     **options: Any,
 ) -> DispatchHub:
     options.setdefault("poll_interval", 5.0)
+    clock = clock or ManualClock()
     return DispatchHub(
         agent=agent,
         strategies=list(strategies),
-        store=url,
-        clock=clock or ManualClock(),
+        store=store_for(url, clock),
+        clock=clock,
         **options,
     )
 
@@ -110,11 +111,12 @@ async def test_records_are_deduplicated_by_id_across_polls(sqlite_url: str) -> N
             tg.start_soon(hub.run)
             await source.wait_for_events(4)  # dispatched + completed, twice
             for polls in (2, 3, 4):
-                await clock.wait_for_sleepers(1)  # the poll loop, waiting for its next poll
+                # The poll loop, waiting for its next poll.
+                await clock.wait_for_deadline(clock.monotonic() + 5.0)
                 clock.advance(5.0)
                 await source.wait_for_polls(polls)
             source.records.append(rec("r1", C))  # the same id again, another phone
-            await clock.wait_for_sleepers(1)
+            await clock.wait_for_deadline(clock.monotonic() + 5.0)
             clock.advance(5.0)
             await source.wait_for_polls(5)
             hub.stop()
@@ -185,10 +187,11 @@ async def test_rejected_dials_are_retried_up_to_the_limit_then_fail(sqlite_url: 
             tg.start_soon(hub.run)
             for dials in (1, 2):
                 await agent.wait_for_dials(dials)
-                await clock.wait_for_sleepers(2)  # the poll loop and the retry timer
-                assert clock.monotonic() + 30.0 in clock.deadlines
+                await clock.wait_for_deadline(clock.monotonic() + 30.0)  # the retry timer
                 clock.advance(29.0)
-                assert len(agent.dials) == dials  # not before the retry delay
+                await clock.wait_all_tasks_blocked()
+                assert hub.statistics().waiting == 1  # not before the retry delay
+                assert len(agent.dials) == dials
                 clock.advance(1.0)
 
     assert len(agent.dials) == 3  # 1 + retry attempts, never the 4th
@@ -341,7 +344,7 @@ async def test_a_failing_poll_is_logged_and_polled_again(
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await source.wait_for_polls(1)
-            await clock.wait_for_sleepers(1)
+            await clock.wait_for_deadline(5.0)
             clock.advance(5.0)
 
     assert len(agent.dials) == 1
@@ -367,10 +370,12 @@ async def test_the_rate_limit_holds_dials_until_the_window_moves(sqlite_url: str
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await agent.wait_for_dials(3)
-            await clock.wait_for_sleepers(2)  # the poll loop and the limiter
+            await clock.wait_for_deadline(60.0)  # the limiter, exactly, no polling
             assert len(agent.dials) == 3
-            assert clock.deadlines == [5.0, 60.0]  # the next poll; the limiter, exactly
+            assert clock.deadlines[:2] == [5.0, 60.0]  # the next poll; the limiter
             clock.advance(59.999)
+            await clock.wait_all_tasks_blocked()
+            assert hub.statistics().rate_limited == 1  # the fourth still waits
             assert len(agent.dials) == 3
             clock.advance(0.001)
 
@@ -429,6 +434,7 @@ async def test_recover_retry_redials_an_interrupted_attempt_counting_it(sqlite_u
         ListStrategy([rec("r1", A)]),
         exit_when_done=True,
         recover="retry",
+        recover_hold=0,  # the hold after recovery has its own test
         retry_attempts=1,
     )
     await run_to_completion(hub)
@@ -517,10 +523,11 @@ async def test_status_shows_the_records_queued_in_memory(sqlite_url: str) -> Non
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await agent.wait_for_live(2)  # r1 and r3 live; r2 rejected and waiting to retry
-            await clock.wait_for_sleepers(2)  # the poll loop and r2's retry timer
+            await clock.wait_for_deadline(60.0)  # r2's retry timer
+            await clock.wait_for_deadline(5.0)  # the poll loop
             clock.advance(5.0)
             await source.wait_for_polls(2)
-            await clock.wait_for_sleepers(2)  # the second poll, its snapshot written
+            await clock.wait_for_deadline(10.0)  # the second poll done, its snapshot written
             report = await reports.status(hub.store.engine, clock.now())
             hub.stop()
             for call in list(agent.live.values()):

@@ -4,6 +4,7 @@ backoff, across restarts, and never in the way of dialing."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 
 from dispatch import DispatchHub, Record, RecordState, SkipReason, Store
 from dispatch.outbox import Backoff, Outbox
+from dispatch.store import Skipped
 from dispatch.store.outbox import Callback
 from dispatch.testing import ManualClock, ScriptedAgent
 from tests.conftest import fetch
-from tests.support import PHONES, ListStrategy, rec
+from tests.support import PHONES, ListStrategy, rec, store_for
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +48,7 @@ def hub_for(url: str, source: ListStrategy, clock: ManualClock, **options: Any) 
     return DispatchHub(
         agent=ScriptedAgent(),
         strategies=[source],
-        store=url,
+        store=store_for(url, clock),
         clock=clock,
         poll_interval=1000.0,
         callback_backoff=BACKOFF,
@@ -64,11 +66,12 @@ async def retry_until_delivered(clock: ManualClock, source: Flaky, start: int) -
     """Advance through the backoff delays until the 4th try; check each is exactly on time."""
     for tries in range(start, 4):
         await source.wait_for_tries(tries)
-        await clock.wait_for_sleepers(2)  # the poll loop, and the outbox waiting for its retry
         delay = BACKOFF.delay(tries)
-        assert clock.monotonic() + delay in clock.deadlines
+        await clock.wait_for_deadline(clock.monotonic() + delay)  # the outbox's retry
         clock.advance(delay - 0.5)
-        assert source.tries == tries  # not before its time
+        await clock.wait_all_tasks_blocked()
+        assert clock.monotonic() + 0.5 in clock.deadlines  # not before its time
+        assert source.tries == tries
         clock.advance(0.5)
     await source.signal.wait_until(lambda: bool(source.named("completed")))
 
@@ -141,7 +144,7 @@ async def test_a_failing_callback_holds_back_its_own_record_only(sqlite_url: str
             )
             assert [e[0] for e in source.events if e[1] == "r1"] == ["dispatched-failed"]
             assert [e[0] for e in source.events if e[1] == "r2"] == ["dispatched", "completed"]
-            await clock.wait_for_sleepers(2)
+            await clock.wait_for_deadline(BACKOFF.delay(1))  # r1's retry
             clock.advance(BACKOFF.delay(1))
             await source.wait_for_events(5)
             hub.stop()
@@ -199,7 +202,7 @@ async def test_a_callback_that_times_out_is_retried(sqlite_url: str) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await source.signal.wait_until(lambda: len(source.named("try")) == 1)
-            await clock.wait_for_sleepers(2)  # the timeout passed; the retry is scheduled
+            await clock.wait_for_deadline(BACKOFF.delay(1))  # timed out; the retry scheduled
             clock.advance(BACKOFF.delay(1))
             await source.signal.wait_until(lambda: bool(source.named("completed")))
             hub.stop()
@@ -219,16 +222,9 @@ async def final_pass(url: str, skips: list[tuple[Record, SkipReason]], batch: in
         async with anyio.create_task_group() as tg:
             await tg.start(store.run)
             for record, reason in skips:
-                await store.skipped(
-                    strategy="list",
-                    record_id=record.id,
-                    phone=record.phone,
-                    state=RecordState.SKIPPED,
-                    reason=reason,
-                    attempts_made=0,
-                    at=clock.now(),
-                    callback=Callback("list", "on_skipped", record, (reason.value,)),
-                )
+                callback = Callback("list", "on_skipped", record, (reason.value,))
+                skip = Skipped("list", record.id, record.phone, RecordState.SKIPPED, reason, 0)
+                await store.skipped([replace(skip, callback=callback)], at=clock.now())
             outbox = Outbox(store, {"list": source}, clock=clock, batch=batch)
             outbox.finish()
             await outbox.run()

@@ -20,7 +20,7 @@ async def test_never_exceeds_the_limit_in_any_window_under_random_demand() -> No
 
     async def caller(arrival: float) -> None:
         await clock.sleep_until(arrival)
-        starts.append(await limiter.acquire())
+        starts.append((await limiter.acquire()).at)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -44,7 +44,7 @@ async def test_reaches_full_rate_when_saturated() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(clock.autojump)
             for _ in range(demand):
-                starts.append(await limiter.acquire())
+                starts.append((await limiter.acquire()).at)
             tg.cancel_scope.cancel()
 
     windows_used = (starts[-1] - starts[0]) / window + 1
@@ -101,3 +101,73 @@ async def test_repr_shows_live_state() -> None:
     limiter = SlidingWindowLimiter(2, 60.0, clock=clock)
     await limiter.acquire()
     assert repr(limiter) == "SlidingWindowLimiter(limit=2, window=60.0, in_window=1, waiting=0)"
+
+
+async def test_a_start_is_counted_when_it_happens_not_when_it_was_reserved() -> None:
+    # The room is reserved before the intent is committed; the start is stamped after. A
+    # commit that took 0.5 s moves the start, and the next window, 0.5 s later.
+    clock = ManualClock()
+    limiter = SlidingWindowLimiter(1, 10.0, clock=clock)
+    reservation = await limiter.acquire()
+    clock.advance(0.5)
+    assert await limiter.start(reservation) == 0.5
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire)
+        await clock.wait_for_sleepers(1)
+        assert clock.deadlines == [10.5]
+        clock.advance(10.0)
+    assert limiter.starts_in_window() == 1
+
+
+async def test_a_cancelled_reservation_gives_its_room_back() -> None:
+    clock = ManualClock()
+    limiter = SlidingWindowLimiter(1, 60.0, clock=clock)
+    limiter.cancel(await limiter.acquire())
+    with anyio.fail_after(1):
+        await limiter.acquire()  # at once: nothing was dialed
+    assert clock.monotonic() == 0.0
+
+
+async def test_a_start_delayed_past_other_starts_waits_for_room_again() -> None:
+    # Two rooms per 10 s. A reserves at 0 and its intent takes 10 s to commit; meanwhile B
+    # (at 5) and C (at 10, counting A as at 0) start. A starting at 10 would make three in
+    # [5, 15): it waits until 15.
+    clock = ManualClock()
+    limiter = SlidingWindowLimiter(2, 10.0, clock=clock)
+    a = await limiter.acquire()
+    clock.advance(5.0)
+    await limiter.start(await limiter.acquire())
+    clock.advance(5.0)
+    await limiter.start(await limiter.acquire())
+    starts = [0.0, 5.0, 10.0]
+    async with anyio.create_task_group() as tg:
+
+        async def late_start() -> None:
+            starts[0] = await limiter.start(a)
+
+        tg.start_soon(late_start)
+        await clock.wait_for_sleepers(1)
+        assert clock.deadlines == [15.0]
+        clock.advance(5.0)
+    assert starts == [15.0, 5.0, 10.0]
+    assert max_in_any_window(starts, 10.0) == 2
+
+
+async def test_seeded_starts_count_like_starts_of_this_process() -> None:
+    clock = ManualClock(start=100.0)
+    limiter = SlidingWindowLimiter(2, 60.0, clock=clock)
+    limiter.seed([30.0, 90.0, 95.0])  # the first is out of the window already
+    assert limiter.starts_in_window() == 2
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire)
+        await clock.wait_for_sleepers(1)
+        assert clock.deadlines == [150.0]  # when the seeded start at 90 leaves the window
+        clock.advance(50.0)
+
+
+async def test_a_reservation_cannot_be_used_twice() -> None:
+    limiter = SlidingWindowLimiter(2, 60.0, clock=ManualClock())
+    reservation = await limiter.acquire()
+    await limiter.start(reservation)
+    with pytest.raises(RuntimeError, match="already"):
+        limiter.cancel(reservation)

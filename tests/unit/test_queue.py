@@ -95,3 +95,41 @@ async def test_a_large_queue_keeps_its_order_while_taken_records_are_compacted_a
     assert taken == [f"r{n}" for n in range(1000)]
     assert (await q.take())[1].id == "late"
     assert source.pending == {}
+
+
+async def test_a_held_number_is_passed_over_until_its_hold_ends() -> None:
+    clock = ManualClock()
+    q = queue("s", clock=clock)
+    [source] = q.sources
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_timers)
+        q.hold(A, 600.0)
+        q.hold(A, 300.0)  # a shorter hold never shortens the one in place
+        q.admit(source, rec("same-number", A))
+        q.admit(source, rec("other", B))
+        assert (await q.take())[1].id == "other"
+        await clock.wait_for_deadline(600.0)
+        clock.advance(599.0)
+        await clock.wait_all_tasks_blocked()
+        assert (q.held, q.pending) == (1, 1)
+        clock.advance(1.0)
+        assert (await q.take())[1].id == "same-number"
+        assert q.held == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_an_earlier_deadline_re_arms_a_timer_sleeping_for_a_hold() -> None:
+    clock = ManualClock()
+    q = queue("s", clock=clock)
+    [source] = q.sources
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(q.run_timers)
+        q.hold(A, 600.0)
+        await clock.wait_for_deadline(600.0)
+        q.delay(source, rec("retry", B), 10.0)
+        await clock.wait_for_deadline(10.0)
+        clock.advance(10.0)
+        assert (await q.take())[1].id == "retry"
+        q.unhold(A)
+        assert q.held == 0
+        tg.cancel_scope.cancel()
