@@ -121,7 +121,7 @@ class Attempts:
             return
         if reservation is not None and self.limiter is not None:
             await self.limiter.start(reservation)  # the start is counted from now
-        source.known[record.id] = KnownRecord(RecordState.DIALING, number)
+        source.known[record.id] = KnownRecord.of(RecordState.DIALING, number)
         self.counters.dialed += 1
         logger.info(
             "dial.start strategy=%s record=%s phone=%s attempt=%d/%d",
@@ -232,7 +232,7 @@ class Attempts:
             # Not committed: never dial this record again in this run (the ledger says it is
             # in flight; the next start recovers it as interrupted), and keep its number held
             # in case the call goes on.
-            source.known[record.id] = KnownRecord(RecordState.INTERRUPTED, number)
+            source.known[record.id] = KnownRecord.of(RecordState.INTERRUPTED, number)
             self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
             logger.error(
                 "store.outcome_lost record=%s attempt=%d state=%s reason=%s error=%s (left in "
@@ -245,7 +245,7 @@ class Attempts:
             )
             return
         self.outbox.wake()
-        source.known[record.id] = KnownRecord(record_state, number, retry_at)
+        source.known[record.id] = KnownRecord.of(record_state, number, retry_at)
         if outcome.maybe_live:
             self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
             self._remember_unknown(attempt_id, source, record, number)
@@ -321,7 +321,7 @@ class Attempts:
             logger.error("store.late_outcome_failed record=%s error=%s", record.id, exc)
             return
         del self._unknown[outcome.dispatch_id]
-        source.known[record.id] = KnownRecord(record_state, number)
+        source.known[record.id] = KnownRecord.of(record_state, number)
         self.queue.unhold(record.phone)  # the call is over: its number is free
         self.outbox.wake()
         logger.warning(

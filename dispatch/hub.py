@@ -22,6 +22,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from ._gc import gc_paused
 from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
 from .admission import Admission
 from .attempts import Attempts, Counters
@@ -389,7 +390,9 @@ class DispatchHub:
         while True:
             source.polling = True
             try:
-                await self._intake(source, poll_items(source.strategy))
+                # A poll may bring a million records: no full GC walk while they come in.
+                with gc_paused():
+                    await self._intake(source, poll_items(source.strategy))
             except Exception as exc:
                 logger.error(
                     "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
@@ -535,7 +538,7 @@ class DispatchHub:
             )
         )
         # Marked now, so a repeat of the same id in this poll is not skipped twice.
-        source.known[record.id] = KnownRecord(skip.state, attempts, None, skip.reason, phone)
+        source.known[record.id] = KnownRecord.of(skip.state, attempts, None, skip.reason, phone)
 
     async def _record_skips(self, source: Source, skips: list[tuple[Record, Skipped]]) -> None:
         try:

@@ -17,13 +17,11 @@ gets the GIL between blocks instead of waiting for the whole file.
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -36,7 +34,6 @@ __all__ = [
     "Chunk",
     "CsvFile",
     "FileStamp",
-    "gc_paused",
     "header_key",
     "lines_of",
     "parse_fields",
@@ -184,28 +181,6 @@ def release(rows: list[list[str]]) -> None:
     C call (0.15 s with the GIL held)."""
     while rows:
         del rows[-PIECE:]
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic GC off while building many long-lived objects (rows, records), none of
-    which form cycles: it would walk the growing heap again and again meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            if not gc.get_freeze_count():
-                # Everything allocated meanwhile sits in the youngest generation, and the
-                # first collection would walk all of it in one C call (0.8 s for a million
-                # rows, every thread stopped). freeze + unfreeze moves it to the oldest
-                # generation, where the rows would have ended up, in O(1); any garbage cycle
-                # among it waits for the next full collection. Not if the application froze
-                # objects itself: unfreeze would thaw those too.
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
 
 
 class CsvFile:

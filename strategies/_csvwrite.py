@@ -27,12 +27,12 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from dispatch._gc import gc_paused
 from dispatch.errors import DispatchError
 
 from ._csvfile import (
     PIECE,
     FileStamp,
-    gc_paused,
     header_key,
     lines_of,
     parse_fields,

@@ -21,10 +21,11 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from dispatch._gc import gc_paused
 from dispatch.abc import CallbackName, Malformed, PollItem, Removed, Strategy
 from dispatch.record import Record
 
-from ._csvfile import Chunk, CsvFile, gc_paused, header_key, release
+from ._csvfile import Chunk, CsvFile, header_key, release
 from ._csvmap import Bound, Templates
 from ._csvwrite import FileWriteBack, ResultsFile, WriteBackError, neutralize
 from ._writeback import WriteBack, outcome_status

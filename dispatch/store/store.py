@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
@@ -53,6 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
+_SKIPPED = RecordState.SKIPPED.value
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
 # Attempts whose call may still be live at the platform: their numbers are held for a while.
@@ -82,20 +83,39 @@ def with_async_driver(url: str | URL, drivers: Mapping[str, str]) -> URL | None:
     return parsed
 
 
-@dataclass(frozen=True, slots=True)
-class KnownRecord:
-    """What the store knows of a record: enough for dedup and attempt caps."""
+class KnownRecord(NamedTuple):
+    """What the store knows of a record: enough for dedup and attempt caps.
 
-    state: RecordState
+    A tuple of plain values (the state and reason as their string values, not enum members):
+    the cyclic garbage collector stops tracking such tuples, so a campaign holding a million
+    of them does not make every full collection walk a million more objects.
+    """
+
+    status: str  # a RecordState value; see `state`
     attempts: int
     retry_at: datetime | None = None  # for `retry` records: not before this time
     reason: str | None = None  # the skip reason, for skipped records
     phone: str | None = None  # the phone as skipped, for skipped records
 
+    @classmethod
+    def of(
+        cls,
+        state: RecordState,
+        attempts: int,
+        retry_at: datetime | None = None,
+        reason: str | None = None,
+        phone: str | None = None,
+    ) -> KnownRecord:
+        return cls(state.value, attempts, retry_at, None if reason is None else str(reason), phone)
+
+    @property
+    def state(self) -> RecordState:
+        return RecordState(self.status)
+
     @property
     def skipped_for_content(self) -> bool:
         """Skipped because the record's data was at fault (a fixed row deserves a new look)."""
-        return self.state is RecordState.SKIPPED and self.reason in _CONTENT_SKIPS
+        return self.status == _SKIPPED and self.reason in _CONTENT_SKIPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +294,10 @@ class Store:
                 result = await conn.stream(query)
                 return {
                     (row.strategy, row.record_id): KnownRecord(
-                        RecordState(row.state),
+                        str(row.state),
                         row.attempts,
                         row.retry_at,
-                        *((row.reason, row.phone) if row.state == RecordState.SKIPPED else ()),
+                        *((row.reason, row.phone) if row.state == _SKIPPED else ()),
                     )
                     async for row in result
                 }

@@ -252,3 +252,39 @@ async def test_the_final_pass_delivers_what_a_records_earlier_callback_held_back
         ("skipped", "r0", "expired"),
         ("skipped", "r0", "invalid_phone"),
     ]
+
+
+async def test_a_blocking_sync_callback_runs_in_a_thread_and_never_delays_a_dial(
+    sqlite_url: str,
+) -> None:
+    # on_dispatched blocks its thread until every dial has happened. Run on the event loop,
+    # it would freeze the loop (no further dial) until its 5 s safety timeout: the dials
+    # would come after it gave up.
+    import threading
+
+    everyone_dialed = threading.Event()
+    gave_up: list[str] = []
+
+    class Blocking(ListStrategy):
+        def on_dispatched(self, record: Record, call_id: str) -> None:
+            if not everyone_dialed.wait(timeout=5):
+                gave_up.append(record.id)
+            super().on_dispatched(record, call_id)
+
+    agent = ScriptedAgent()
+    source = Blocking([rec(f"r{n}", PHONES[n]) for n in range(10)])
+    hub = DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=store_for(sqlite_url, ManualClock()),
+        clock=ManualClock(),
+        max_concurrent=1,  # one call after the other: each dial needs the loop to be free
+        exit_when_done=True,
+    )
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(10)
+            everyone_dialed.set()
+    assert gave_up == []
+    assert len(source.named("dispatched")) == 10
