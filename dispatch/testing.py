@@ -7,6 +7,9 @@
 * :class:`FakePinecall` (with :class:`Answer`) is a real WebSocket server speaking the Pinecall
   socket protocol, for testing :class:`~dispatch.agents.pinecall.PinecallAgent` setups; it is
   loaded on first use (it needs ``websockets``).
+* :class:`AgentContract` and :class:`StrategyContract` are the contract suites of the seams:
+  subclass one in a test module to run it against your own agent or strategy (see
+  :mod:`dispatch.contracts`). They are loaded on first use (they need ``pytest``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .clock import Signal
 from .errors import DialInterrupted, DialRejected, DialUnknown
 
 __all__ = [
+    "AgentContract",
     "Answer",
     "FakePinecall",
     "ManualClock",
@@ -35,14 +39,19 @@ __all__ = [
     "ScriptedAgent",
     "ScriptedCall",
     "Signal",
+    "StrategyContract",
     "max_in_any_window",
     "wait_all_tasks_blocked",
 ]
 
 if TYPE_CHECKING:
+    from .contracts import AgentContract, StrategyContract
     from .pinecall_fake import Answer, FakePinecall, Received
 
+# Loaded on first use: the fake needs websockets and the suites pytest, and a user of
+# ManualClock may have neither.
 _FAKE_PINECALL = ("Answer", "FakePinecall", "Received")
+_CONTRACTS = ("AgentContract", "StrategyContract")
 
 
 def __getattr__(name: str) -> Any:
@@ -50,6 +59,10 @@ def __getattr__(name: str) -> Any:
         from . import pinecall_fake
 
         return getattr(pinecall_fake, name)
+    if name in _CONTRACTS:
+        from . import contracts
+
+        return getattr(contracts, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -87,6 +87,8 @@ class Daemon:
     def __exit__(self, *exc_info: object) -> None:
         self.process.kill()
         self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def query(db: Path, sql: str) -> list[tuple[object, ...]]:
