@@ -19,7 +19,8 @@ async def saturate(limit: int, window: float, seconds: float) -> list[float]:
 
     async def caller() -> None:
         while True:
-            starts.append(await limiter.acquire())
+            reservation = await limiter.acquire()
+            starts.append(await limiter.start(reservation))  # as the hub: at the commit
 
     with anyio.move_on_after(seconds):
         async with anyio.create_task_group() as tg:

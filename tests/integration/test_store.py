@@ -415,3 +415,32 @@ def _exited_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+async def test_two_daemons_starting_at_once_cannot_both_claim_the_store(
+    any_store_url: str,
+) -> None:
+    from dispatch import StoreInUse
+
+    for _ in range(5):
+        stores = [Store(any_store_url) for _ in range(3)]
+        for store in stores:
+            await store.open()
+        outcomes: list[str] = []
+
+        async def claim(store: Store, outcomes: list[str] = outcomes) -> None:
+            try:
+                await store.claim()
+                outcomes.append("won")
+            except StoreInUse:
+                outcomes.append("refused")
+            except StoreError:  # SQLite may say "locked" instead, still not a second winner
+                outcomes.append("failed")
+
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(claim, store)
+        assert outcomes.count("won") == 1, outcomes
+        for store in stores:
+            await store.release()
+            await store.aclose()

@@ -25,6 +25,7 @@ from dispatch import (
     DispatchHub,
     Pacing,
     RetryPolicy,
+    Store,
     StoreInUse,
 )
 from dispatch.errors import dispatch_error_in
@@ -61,6 +62,12 @@ async def failure_of(hub: DispatchHub, *beside: Callable[[], Awaitable[None]]) -
             raise
         return error
     raise AssertionError("the hub did not fail")
+
+
+async def create_store(url: str) -> None:
+    store = Store(url)
+    await store.open()  # migrated: the tables exist
+    await store.aclose()
 
 
 def add_trigger(url: str, sql: str) -> None:
@@ -234,20 +241,22 @@ async def test_an_outcome_the_store_refuses_is_never_followed_by_a_retry(
     clock = ManualClock()
     agent = ScriptedAgent(script={A: ["busy", "busy", "busy"]})
     retry = RetryPolicy(attempts=1, delay=10.0)
-    await leave_attempt_in_flight(sqlite_url, "setup", C)  # creates the store
+    await create_store(sqlite_url)
     add_trigger(
         sqlite_url,
         "CREATE TRIGGER refuse BEFORE UPDATE ON attempts WHEN NEW.state = 'rejected' "
         "BEGIN SELECT RAISE(ABORT, 'refused'); END",
     )
     source = ListStrategy([rec("r1", A)])
-    hub = make_hub(sqlite_url, agent, source, clock=clock, retry=retry, recover_hold=0)
+    hub = make_hub(sqlite_url, agent, source, clock=clock, retry=retry, recover_hold=60)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await agent.wait_for_dials(1)
-            await clock.wait_all_tasks_blocked()
-            clock.advance(10.0)  # past the retry delay: no retry, the outcome is not committed
+            # The store refused the outcome: the number is held (the call may go on) ...
+            await clock.wait_until(lambda: hub.statistics().held_numbers == 1)
+            assert hub.statistics().waiting == 0  # ... and no retry is scheduled
+            clock.advance(10.0)  # past the retry delay
             await clock.wait_all_tasks_blocked()
             assert hub.statistics().waiting == 0
             hub.stop()
@@ -279,7 +288,7 @@ async def test_an_outcome_the_store_refuses_is_never_followed_by_a_retry(
 
 
 async def test_a_failed_intent_never_dials(sqlite_url: str) -> None:
-    await leave_attempt_in_flight(sqlite_url, "setup", C)  # creates the store
+    await create_store(sqlite_url)
     add_trigger(
         sqlite_url,
         "CREATE TRIGGER refuse BEFORE INSERT ON attempts "
