@@ -56,6 +56,8 @@ _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
 _SKIPPED = RecordState.SKIPPED.value
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
+CONNECT_TIMEOUT = 10.0  # seconds to open a PostgreSQL connection
+COMMAND_TIMEOUT = 60.0  # seconds one PostgreSQL statement may take
 # Attempts whose call may still be live at the platform: their numbers are held for a while.
 _MAYBE_LIVE = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
 
@@ -191,7 +193,12 @@ class Store:
         """Connect, and upgrade the schema to the newest migration unless ``migrate`` is off."""
         # Pre-ping: a connection the server dropped (restart, pg_terminate_backend) is
         # replaced at checkout instead of failing the next write.
-        engine = create_async_engine(self.url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if self.url.get_backend_name() == "postgresql":
+            # A network that drops packets instead of refusing them must still end in an
+            # outage the writer can ride out, not in a write that waits for ever.
+            connect_args = {"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT}
+        engine = create_async_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
         if self.url.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)

@@ -398,8 +398,12 @@ async def test_expired_records_are_skipped_and_future_ones_wait(sqlite_url: str)
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
             await source.wait_for_events(1)
+            await clock.wait_for_deadline(90.0)
+            clock.advance(89.0)
+            await clock.wait_all_tasks_blocked()
+            assert hub.statistics().waiting == 1  # not before its not_before
             assert agent.dials == []
-            clock.advance(90.0)
+            clock.advance(1.0)
 
     assert [d.to for d in agent.dials] == [B]
     assert source.named("skipped") == [("skipped", "late", "expired")]
