@@ -24,6 +24,9 @@ class TcpProxy:
         self.port = _free_port()
         self.connections = 0  # accepted and forwarded so far
         self._cut = False
+        self._trap: bytes | None = None  # see lose_commit_reply
+        self._trap_state = ""
+        self.trapped = anyio.Event()
         self._scopes: set[anyio.CancelScope] = set()
         self._listening: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
@@ -40,6 +43,12 @@ class TcpProxy:
         if refuse and self._listening is not None:
             self._listening.cancel()
             self._listening = None
+
+    def lose_commit_reply(self, statement: bytes) -> None:
+        """The next transaction that sends ``statement`` commits on the server, but its
+        client never hears so: the reply to its COMMIT is dropped and the connection cut (a
+        network failure at the worst moment). ``trapped`` is set when it happened."""
+        self._trap, self._trap_state = statement, ""
 
     async def restore(self) -> None:
         self._cut = False
@@ -67,19 +76,31 @@ class TcpProxy:
                 self._scopes.add(scope)
                 try:
                     async with server, anyio.create_task_group() as tg:
-                        tg.start_soon(_pump, client, server, tg)
-                        tg.start_soon(_pump, server, client, tg)
+                        tg.start_soon(self._pump, client, server, tg, True)
+                        tg.start_soon(self._pump, server, client, tg, False)
                 finally:
                     self._scopes.discard(scope)
 
-
-async def _pump(source: SocketStream, sink: SocketStream, tg: TaskGroup) -> None:
-    try:
-        async for chunk in source:
-            await sink.send(chunk)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
-    tg.cancel_scope.cancel()  # one side gone: drop the other
+    async def _pump(
+        self, source: SocketStream, sink: SocketStream, tg: TaskGroup, upstream: bool
+    ) -> None:
+        try:
+            async for chunk in source:
+                if self._trap is not None:
+                    if upstream and self._trap in chunk:
+                        self._trap_state = "statement"
+                    elif upstream and self._trap_state == "statement" and b"COMMIT" in chunk:
+                        self._trap_state = "commit"
+                    elif not upstream and self._trap_state == "commit":
+                        # The server has committed and answers: the client never hears it.
+                        self._trap = None
+                        self.trapped.set()
+                        self.cut()
+                        return
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        tg.cancel_scope.cancel()  # one side gone: drop the other
 
 
 @asynccontextmanager

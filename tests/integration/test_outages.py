@@ -210,3 +210,34 @@ async def test_a_daemon_stopped_during_an_outage_exits_and_its_calls_are_recover
     assert await fetch(postgres_url, "SELECT state, reason FROM attempts") == [
         ("interrupted", "process ended")
     ]
+
+
+async def test_an_intent_whose_commit_reply_was_lost_is_dialed_once_when_the_store_is_back(
+    postgres_url: str, proxy: TcpProxy
+) -> None:
+    # The intent reached the database and was committed, but the connection died before the
+    # daemon heard so: it must neither dial (it does not know) nor leave the record stuck on
+    # its own attempt number once the store is back.
+    agent = ScriptedAgent()
+    source = ListStrategy()
+    store = outage_store(through(postgres_url, proxy))
+    hub = hub_on(store, agent, source)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.wait_for_polls(1)
+            proxy.lose_commit_reply(b"INSERT INTO attempts")
+            source.records = [rec("r1", PHONES[0])]
+            source.poll_now()
+            await proxy.trapped.wait()
+            await store.wait_until(lambda s: s.unavailable_since is not None)
+            assert agent.dials == []
+            await proxy.restore()
+            await source.wait_for_events(2)
+            hub.stop()
+
+    assert [d.to for d in agent.dials] == [PHONES[0]]
+    assert await fetch(postgres_url, "SELECT record_id, number, state FROM attempts") == [
+        ("r1", 1, "completed")
+    ]
