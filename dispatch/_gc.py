@@ -3,7 +3,10 @@
 Python 3.11's full collections walk every tracked object: while a poll takes in a million rows
 or records, each one walks the growing heap again, stopping every thread (the event loop's
 included) for tens to hundreds of milliseconds. :func:`gc_paused` turns the collector off for
-such a stretch of work and hands what it built straight to the oldest generation.
+a stretch of synchronous work (a CSV read in a worker thread) and hands what it built straight
+to the oldest generation; :class:`GcPause` does the same for the event loop's intake, and
+turns the collector back on across every wait, so it is never left off while the process
+waits for I/O (the collector is process-wide: an application embedding the hub shares it).
 """
 
 from __future__ import annotations
@@ -11,8 +14,21 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
 
-__all__ = ["gc_paused"]
+__all__ = ["GcPause", "gc_paused"]
+
+
+def _hand_over() -> None:
+    """Move what was allocated while the collector was off to the oldest generation."""
+    if not gc.get_freeze_count():
+        # Everything allocated meanwhile sits in the youngest generation, and the first
+        # collection would walk all of it in one C call (0.8 s for a million rows, every
+        # thread stopped). freeze + unfreeze moves it to the oldest generation, where the rows
+        # would have ended up, in O(1); any garbage cycle among it waits for the next full
+        # collection. Not if the application froze objects itself: unfreeze would thaw those.
+        gc.freeze()
+        gc.unfreeze()
 
 
 @contextmanager
@@ -25,13 +41,46 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
-            if not gc.get_freeze_count():
-                # Everything allocated meanwhile sits in the youngest generation, and the
-                # first collection would walk all of it in one C call (0.8 s for a million
-                # rows, every thread stopped). freeze + unfreeze moves it to the oldest
-                # generation, where the rows would have ended up, in O(1); any garbage cycle
-                # among it waits for the next full collection. Not if the application froze
-                # objects itself: unfreeze would thaw those too.
-                gc.freeze()
-                gc.unfreeze()
+            _hand_over()
+            gc.enable()
+
+
+class GcPause:
+    """``with GcPause() as pause:`` the collector is off, except inside ``with
+    pause.resumed():`` around each wait (for I/O, a checkpoint, a commit)."""
+
+    def __init__(self) -> None:
+        self._paused = False
+
+    def __enter__(self) -> GcPause:
+        self._pause()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._resume()
+
+    @contextmanager
+    def resumed(self) -> Iterator[None]:
+        paused = self._paused
+        self._resume()
+        try:
+            yield
+        finally:
+            if paused:
+                self._pause()
+
+    def _pause(self) -> None:
+        if gc.isenabled():
+            gc.disable()
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            _hand_over()
             gc.enable()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 
@@ -35,6 +35,11 @@ from .store.outbox import Callback
 __all__ = ["Attempts", "Counters"]
 
 logger = logging.getLogger(__name__)
+
+# The ledger's start of a dial is the time written with its intent, and the dial follows the
+# commit: a restarted daemon seeds its rate limiter with each start this much later. A commit
+# that takes longer moves the start it records to the time the dial really begins.
+START_MARGIN = 1.0
 
 
 @dataclass(slots=True)
@@ -96,8 +101,19 @@ class Attempts:
         it releases the record's number afterwards."""
         known = source.known.get(record.id)
         number = (known.attempts if known else 0) + 1
+        if number > self.retry.max_dials:
+            # Never past the cap, whatever put the record here (intake refuses it already).
+            self._give_back(reservation)
+            logger.error(
+                "dial.refused record=%s attempt=%d/%d (no attempts left)",
+                record.id,
+                number,
+                self.retry.max_dials,
+            )
+            return
         key = (source.name, record.id)
         attempt_id = self._unsure.pop(key, None) or uuid.uuid4().hex
+        dialed_at = self.clock.now()
         try:
             await self.store.intent(
                 attempt_id=attempt_id,
@@ -105,7 +121,7 @@ class Attempts:
                 record_id=record.id,
                 number=number,
                 phone=record.phone,
-                at=self.clock.now(),
+                at=dialed_at,
             )
         except StoreUnavailable:
             # Never dial without a committed intent. The store says why once per outage; the
@@ -118,6 +134,10 @@ class Attempts:
             self._give_back(reservation)
             logger.error("store.intent_failed record=%s error=%s", record.id, exc)
             self.queue.delay(source, record, self.clock.monotonic() + self.poll_interval)
+            return
+        if not await self._restamp(record, attempt_id, dialed_at):
+            source.known[record.id] = KnownRecord.of(RecordState.INTERRUPTED, number)
+            self._give_back(reservation)
             return
         if reservation is not None and self.limiter is not None:
             await self.limiter.start(reservation)  # the start is counted from now
@@ -134,6 +154,20 @@ class Attempts:
         outcome = await self._dial(source, record, attempt_id, number)
         with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
             await self._settle(source, record, attempt_id, number, outcome)
+
+    async def _restamp(self, record: Record, attempt_id: str, dialed_at: datetime) -> bool:
+        """Keep the ledger's start of this dial within START_MARGIN of the real one (after a
+        slow commit); False if that could not be written (then it is not dialed: it stays in
+        flight in the store, and the next start records it as interrupted)."""
+        margin = timedelta(seconds=START_MARGIN)
+        while (now := self.clock.now()) - dialed_at > margin:
+            dialed_at = now
+            try:
+                await self.store.restamp(attempt_id, at=now)
+            except StoreError as exc:
+                logger.error("store.restamp_failed record=%s error=%s (not dialed)", record.id, exc)
+                return False
+        return True
 
     def _give_back(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.limiter is not None:

@@ -99,7 +99,8 @@ async def check(settings: Settings, base: Path, *, limit: int) -> CheckReport:
         await store.aclose()
     parts.append(await _agent(hub))
     admission = Admission(default_region=settings.default_region, clock=SystemClock())
-    sources = [await _poll(s, admission, known, limit) for s in hub.strategies]
+    max_dials = hub.retry.max_dials
+    sources = [await _poll(s, admission, known, limit, max_dials) for s in hub.strategies]
     return CheckReport(parts, sources)
 
 
@@ -116,7 +117,11 @@ async def _agent(hub: DispatchHub) -> _Part:
 
 
 async def _poll(
-    strategy: Strategy, admission: Admission, known: dict[tuple[str, str], KnownRecord], limit: int
+    strategy: Strategy,
+    admission: Admission,
+    known: dict[tuple[str, str], KnownRecord],
+    limit: int,
+    max_dials: int,
 ) -> _Source:
     report = _Source(strategy.name)
     try:
@@ -135,11 +140,12 @@ async def _poll(
             in_flight=False,
             incremental=strategy.incremental,
             admission=admission,
+            max_dials=max_dials,
         )
         if isinstance(verdict, Withdraw | Ignore):
             continue
         if isinstance(verdict, Done):
-            decision, why = "done", f"{verdict.state} earlier"
+            decision, why = "done", verdict.why or f"{verdict.state} earlier"
         elif isinstance(verdict, Refuse):
             decision, why = "skip", f"{verdict.skip.reason}: {verdict.skip.detail}"
         elif isinstance(verdict, Wait):

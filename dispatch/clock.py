@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 
-__all__ = ["Clock", "SystemClock"]  # and the internal helpers Signal and wait_for
+__all__ = ["Clock", "SystemClock"]  # and the internal helpers Signal, wait_for, in_loop
 
 
 @runtime_checkable
@@ -93,3 +94,22 @@ class Signal:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
+
+
+def in_loop(function: Callable[[], None]) -> Callable[[], None]:
+    """``function`` (which touches the event loop's state: events, queues), made safe to call
+    from any thread: from another one (a sync callback runs in a worker thread) it runs on the
+    loop it was made in, waiting for it. Call this from that loop."""
+    token = anyio.lowlevel.current_token()
+
+    def call() -> None:
+        try:
+            here = anyio.lowlevel.current_token()
+        except RuntimeError:  # no event loop in this thread
+            here = None
+        if here == token:
+            function()
+        else:
+            anyio.from_thread.run_sync(function, token=token)
+
+    return call

@@ -12,7 +12,8 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -22,11 +23,11 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ._gc import gc_paused
+from ._gc import GcPause
 from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
 from .admission import Admission
-from .attempts import Attempts, Counters
-from .clock import Clock, SystemClock, wait_for
+from .attempts import START_MARGIN, Attempts, Counters
+from .clock import Clock, SystemClock, in_loop, wait_for
 from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .options import Backoff, Pacing, RecoverMode, RetryPolicy
@@ -34,6 +35,7 @@ from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
+from .states import RecordState
 from .store import KnownRecord, Skipped, Store
 from .store.outbox import Callback
 
@@ -41,15 +43,12 @@ __all__ = ["DispatchHub", "HubStatistics"]
 
 logger = logging.getLogger(__name__)
 
-# A dial start in the ledger is the time its intent was written; the dial itself followed the
-# commit. Seeding the limiter with starts this much later keeps a restarted daemon on the safe
-# side of every window.
-SEED_MARGIN = 1.0
 # How long a stopping hub still waits, beyond the drain timeout, for an unreachable store to
 # take the outcomes it holds.
 STORE_GRACE = 10.0
 # Intake yields to the event loop this often (seconds), so a huge poll never stalls dialing.
 INTAKE_SLICE = 0.005
+_RETRY = RecordState.RETRY.value
 SKIP_BATCH = 500  # skips committed per transaction
 SKIP_LOG_LIMIT = 100  # skips logged one by one per poll; the rest are summed up
 
@@ -164,8 +163,10 @@ class DispatchHub:
         )
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
+        self._stop_deadline = math.inf  # the event loop's time by which a stop is over
+        self._stop_in_loop: Callable[[], None] | None = None
         self._running = False
-        self._background: TaskGroup | None = None
+        self._background: AsyncExitStack | None = None
 
     # -- public control ----------------------------------------------------------------------
 
@@ -175,7 +176,14 @@ class DispatchHub:
 
     def stop(self) -> None:
         """Stop dialing; calls in flight are awaited up to ``drain_timeout``. Safe to call
-        from callbacks and signal handlers running in the hub's event loop, and more than once."""
+        from callbacks (sync ones run in a worker thread), signal handlers and other threads,
+        and more than once."""
+        if self._stop_in_loop is not None:
+            self._stop_in_loop()
+        else:
+            self._stop_now()
+
+    def _stop_now(self) -> None:
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
@@ -197,9 +205,18 @@ class DispatchHub:
         )
 
     async def __aenter__(self) -> Self:
-        self._background = anyio.create_task_group()
-        await self._background.__aenter__()
-        await self._background.start(self._run_started)
+        # Built on an exit stack and kept only once the hub runs: if it cannot start (the
+        # store is in use, say), the task group is left again before the error propagates.
+        try:
+            async with AsyncExitStack() as stack:
+                background = await stack.enter_async_context(anyio.create_task_group())
+                await background.start(self._run_started)
+                self._background = stack.pop_all()
+        except BaseExceptionGroup as group:
+            # The hub failed to start with one error of its own: raise it as `run()` would.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], DispatchError):
+                raise group.exceptions[0] from None
+            raise
         return self
 
     async def __aexit__(
@@ -210,7 +227,8 @@ class DispatchHub:
     ) -> bool | None:
         self.stop()
         assert self._background is not None
-        return await self._background.__aexit__(exc_type, exc, tb)
+        background, self._background = self._background, None
+        return await background.__aexit__(exc_type, exc, tb)
 
     async def _run_started(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         await self.run(task_status=task_status)
@@ -224,7 +242,9 @@ class DispatchHub:
         if self._running:
             raise DispatchError("this hub is already running")
         self._running = True
+        self._stop_deadline = math.inf
         self._stopping = anyio.Event()
+        self._stop_in_loop = in_loop(self._stop_now)
         if self._stop_requested:
             self._stopping.set()
         try:
@@ -244,7 +264,7 @@ class DispatchHub:
                             await self._serve()
                         finally:
                             # Calls are over: deliver what is due, then stop the worker.
-                            self._outbox.finish()
+                            self._outbox.finish(self._stop_deadline)
                 finally:
                     beating.cancel()
                     agent_done.set()
@@ -252,6 +272,7 @@ class DispatchHub:
         finally:
             await self._close()
             self._running = False
+            self._stop_in_loop = None
         self._log_summary()
 
     async def _run_store(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -269,7 +290,7 @@ class DispatchHub:
                 f"{dead.started_at:%Y-%m-%d %H:%M:%S}",
             )
         now = self.clock.now()
-        recovered = await self.store.recover(self.recover, now)
+        recovered = await self.store.recover(self.recover, now, max_dials=self.retry.max_dials)
         if recovered:
             logger.warning(
                 "store.recovered attempts=%d mode=%s hold=%gs (left in flight by a previous "
@@ -284,7 +305,7 @@ class DispatchHub:
             source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
             source.terminal_at_start = {r for r, k in source.known.items() if k.state.terminal}
         for source in self._sources:
-            await source.strategy.open(StrategyContext(poll_now=source.request_poll))
+            await source.strategy.open(StrategyContext(poll_now=in_loop(source.request_poll)))
 
     async def _restore_pacing(self, now: datetime) -> None:
         """Seed the rate limiter with the ledger's recent dial starts, and hold the numbers
@@ -293,7 +314,7 @@ class DispatchHub:
         if self._limiter is not None:
             since = now - timedelta(seconds=self._limiter.window)
             starts = await self.store.dial_starts(since)
-            self._limiter.seed(mono - (now - t).total_seconds() + SEED_MARGIN for t in starts)
+            self._limiter.seed(mono - (now - t).total_seconds() + START_MARGIN for t in starts)
         if self.recover_hold:
             since = now - timedelta(seconds=self.recover_hold)
             for phone, ended in (await self.store.maybe_live(since)).items():
@@ -351,11 +372,18 @@ class DispatchHub:
                     await source.strategy.aclose()
                 except Exception:
                     logger.exception("strategy.close_failed strategy=%s", source.name)
-            try:
-                await self.store.release()
-            except StoreError as exc:
-                logger.warning("store.release_failed error=%s", exc)
-            await self.store.aclose()
+            # A store that drops packets must not hold the exit: what is left of the stop
+            # deadline (at least a second) for saying goodbye to it.
+            left = max(1.0, self._stop_deadline - anyio.current_time())
+            with anyio.move_on_after(left) as scope:
+                try:
+                    await self.store.release()
+                except StoreError as exc:
+                    logger.warning("store.release_failed error=%s", exc)
+            if scope.cancelled_caught:
+                logger.warning("store.release_failed error=no answer before the stop deadline")
+            with anyio.move_on_after(max(1.0, self._stop_deadline - anyio.current_time())):
+                await self.store.aclose()
 
     async def _serve(self) -> None:
         assert self._stopping is not None
@@ -372,7 +400,9 @@ class DispatchHub:
                 finally:
                     # Stopping (or cancelled): an unreachable store may keep the outcomes of
                     # the calls in flight waiting only so long, or the daemon could never exit.
-                    self.store.stop_retrying(after=self.drain_timeout + STORE_GRACE)
+                    grace = self.drain_timeout + STORE_GRACE
+                    self._stop_deadline = anyio.current_time() + grace
+                    self.store.stop_retrying(after=grace)
                     control.cancel_scope.cancel()
             active = self.statistics().active
             if active:
@@ -390,9 +420,9 @@ class DispatchHub:
         while True:
             source.polling = True
             try:
-                # A poll may bring a million records: no full GC walk while they come in.
-                with gc_paused():
-                    await self._intake(source, poll_items(source.strategy))
+                result = source.strategy.poll()
+                items = result if isinstance(result, AsyncIterator) else await result
+                await self._intake(source, items)
             except Exception as exc:
                 logger.error(
                     "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
@@ -441,39 +471,68 @@ class DispatchHub:
         except StoreError as exc:
             logger.warning("store.queue_snapshot_failed strategy=%s error=%s", source.name, exc)
 
-    async def _intake(self, source: Source, items: AsyncIterator[PollItem]) -> None:
+    async def _intake(
+        self, source: Source, items: AsyncIterator[PollItem] | Iterable[PollItem]
+    ) -> None:
         """Act on each item of one poll, as :func:`~dispatch.intake.decide` says.
 
         Yields to the event loop every few milliseconds, so a poll of any size keeps the
-        calls in flight responsive, and commits skips in bounded batches as it goes."""
-        skips: list[tuple[Record, Skipped]] = []
+        calls in flight responsive, and commits skips in bounded batches as it goes. The
+        cyclic GC is off while the items are processed (a million records would make each
+        full collection walk them all, stalling everything) and on while anything waits."""
+        with GcPause() as gc_pause:
+            await self._take_in(source, items, gc_pause)
+
+    async def _take_in(
+        self,
+        source: Source,
+        items: AsyncIterator[PollItem] | Iterable[PollItem],
+        gc_pause: GcPause,
+    ) -> None:
+        skips: list[tuple[Skipped, KnownRecord | None]] = []
         reported: Counter[str] = Counter()
         handled = 0
         incremental = source.strategy.incremental
         clock = time.perf_counter
         slice_ends = clock() + INTAKE_SLICE
         count = 0
-        async for item in items:
+        listed = None if isinstance(items, AsyncIterator) else iter(items)
+        while True:
+            item: PollItem | None
+            if listed is None:
+                assert isinstance(items, AsyncIterator)
+                with gc_pause.resumed():  # the source may wait for I/O
+                    item = await anext(items, None)
+            else:
+                item = next(listed, None)
+            if item is None:
+                break
             count += 1
             if count % 32 == 0 and clock() >= slice_ends:
-                await anyio.lowlevel.checkpoint()
+                with gc_pause.resumed():
+                    await anyio.lowlevel.checkpoint()
                 slice_ends = clock() + INTAKE_SLICE
             record_id = item.id
             queued = source.queued(record_id)
             in_flight = record_id in source.in_flight
+            known = source.known.get(record_id)
             verdict = decide(
                 item,
-                known=source.known.get(record_id),
+                known=known,
                 queued=queued,
                 in_flight=in_flight,
                 incremental=incremental,
                 admission=self.admission,
+                max_dials=self.retry.max_dials,
             )
             if isinstance(verdict, Ignore):
                 continue
-            # An incremental source's new version of a queued record replaces it (a pending
-            # retry keeps its due time).
+            # An incremental source's new version of a queued record replaces it. A pending
+            # retry keeps its due time; a record waiting for its own not_before takes the new
+            # version's.
             due = self._queue.withdraw(source, record_id) if queued and not in_flight else None
+            if known is None or known.status != _RETRY:
+                due = None
             if isinstance(verdict, Withdraw):
                 logger.info("record.withdrawn strategy=%s record=%s", source.name, record_id)
             elif isinstance(verdict, Done):
@@ -481,7 +540,8 @@ class DispatchHub:
             elif isinstance(verdict, Refuse):
                 self._refuse(source, verdict, skips, reported)
                 if len(skips) >= SKIP_BATCH:
-                    await self._record_skips(source, skips)
+                    with gc_pause.resumed():
+                        await self._record_skips(source, skips)
                     skips = []
             else:
                 if queued:
@@ -489,7 +549,8 @@ class DispatchHub:
                 self._enqueue(source, verdict, due)
         source.handled_in_last_poll = handled
         if skips:
-            await self._record_skips(source, skips)
+            with gc_pause.resumed():
+                await self._record_skips(source, skips)
         hidden = sum(reported.values()) - SKIP_LOG_LIMIT
         if hidden > 0:
             logger.warning(
@@ -514,7 +575,7 @@ class DispatchHub:
         self,
         source: Source,
         verdict: Refuse,
-        skips: list[tuple[Record, Skipped]],
+        skips: list[tuple[Skipped, KnownRecord | None]],
         reported: Counter[str],
     ) -> None:
         record, skip = verdict.record, verdict.skip
@@ -531,27 +592,31 @@ class DispatchHub:
         attempts = known.attempts if known else 0
         phone = record.phone[:32]  # as given: a skipped phone may be anything
         callback = Callback(source.name, "on_skipped", record, (skip.reason.value,))
-        skips.append(
-            (
-                record,
-                Skipped(source.name, record.id, phone, skip.state, skip.reason, attempts, callback),
-            )
+        skipped = Skipped(
+            source.name, record.id, phone, skip.state, skip.reason, attempts, callback
         )
+        skips.append((skipped, known))
         # Marked now, so a repeat of the same id in this poll is not skipped twice.
         source.known[record.id] = KnownRecord.of(skip.state, attempts, None, skip.reason, phone)
 
-    async def _record_skips(self, source: Source, skips: list[tuple[Record, Skipped]]) -> None:
+    async def _record_skips(
+        self, source: Source, skips: list[tuple[Skipped, KnownRecord | None]]
+    ) -> None:
         try:
-            await self.store.skipped([skip for _, skip in skips], at=self.clock.now())
+            await self.store.skipped([skip for skip, _ in skips], at=self.clock.now())
         except StoreError as exc:
-            # Not persisted: forget them so the next poll decides again.
-            for record, _ in skips:
-                source.known.pop(record.id, None)
+            # Not persisted: back to what was known before (attempts made included), so the
+            # next poll decides again.
+            for skip, before in skips:
+                if before is None:
+                    source.known.pop(skip.record_id, None)
+                else:
+                    source.known[skip.record_id] = before
             logger.error(
                 "store.skip_failed strategy=%s records=%d first=%s error=%s",
                 source.name,
                 len(skips),
-                skips[0][0].id,
+                skips[0][0].record_id,
                 exc,
             )
             return

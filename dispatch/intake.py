@@ -49,10 +49,12 @@ class Ignore:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """Finished earlier (or still broken the way it was reported): never dialed again."""
+    """Finished earlier (or still broken the way it was reported, or out of attempts): never
+    dialed again."""
 
     id: str
     state: RecordState
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ def decide(
     in_flight: bool,
     incremental: bool,
     admission: Admission,
+    max_dials: int | None = None,
 ) -> Verdict:
     """Decide about ``item``.
 
@@ -99,6 +102,8 @@ def decide(
     hub holds it (pending, waiting or in a call), ``in_flight`` whether it is in a call now,
     ``incremental`` whether the strategy yields only changes (then a record yielded again
     replaces its queued version, and a record skipped for its content is looked at again).
+    ``max_dials``: a record that has had that many dials gets no more, whatever its state
+    says (a recovery put it back to ``retry``, or ``retry_attempts`` was lowered since).
     """
     if isinstance(item, Removed):
         if incremental and queued and not in_flight:
@@ -122,6 +127,8 @@ def decide(
     fixable = incremental and known is not None and known.skipped_for_content
     if known is not None and known.state.terminal and not fixable:
         return Done(record.id, known.state)
+    if known is not None and max_dials is not None and known.attempts >= max_dials:
+        return Done(record.id, known.state, f"no attempts left ({known.attempts} made)")
     if verdict is None:
         verdict = admission.check(record)
     if isinstance(verdict, Skip):

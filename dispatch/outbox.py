@@ -12,6 +12,7 @@ same record, never those of other records. Dialing never waits for any of this.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
@@ -52,14 +53,17 @@ class Outbox:
         self._event: anyio.Event | None = None
         self._finishing = False
         self._finish_event: anyio.Event | None = None
+        self._deadline = math.inf
 
     def wake(self) -> None:
         """New rows were committed: look for due ones now."""
         if self._event is not None:
             self._event.set()
 
-    def finish(self) -> None:
-        """Make one last pass over what is due, then let :meth:`run` return."""
+    def finish(self, deadline: float = math.inf) -> None:
+        """Make one last pass over what is due, then let :meth:`run` return; the pass ends
+        at ``deadline`` (the event loop's time) whatever the store does."""
+        self._deadline = deadline
         self._finishing = True
         if self._finish_event is not None:
             self._finish_event.set()
@@ -73,30 +77,37 @@ class Outbox:
         while True:
             self._event = event = anyio.Event()  # set by wake() from here on
             finishing = self._finishing
-            try:
-                fetched = await self._deliver_due()
-                full = fetched == self.batch
-                next_at = None if full else await ob.next_due(self.store.engine)
-            except StoreUnavailable:
-                if finishing:
-                    logger.warning(
-                        "outbox.pending (the store is unreachable: callbacks not yet delivered "
-                        "are delivered after the next start)"
+            # The last pass ends by the stop deadline, whatever the store does.
+            with anyio.CancelScope(deadline=self._deadline if finishing else math.inf) as scope:
+                try:
+                    fetched = await self._deliver_due()
+                    full = fetched == self.batch
+                    next_at = None if full else await ob.next_due(self.store.engine)
+                except StoreUnavailable:
+                    if finishing:
+                        logger.warning(
+                            "outbox.pending (the store is unreachable: callbacks not yet "
+                            "delivered are delivered after the next start)"
+                        )
+                        return
+                    await self._wait_for_store()  # the store logs its outage once
+                    continue
+                except StoreError as exc:
+                    logger.error(
+                        "outbox.unreadable error=%s (retrying in %gs)", exc, self.backoff.initial
                     )
+                    fetched, full = 0, False
+                    next_at = self.clock.now() + timedelta(seconds=self.backoff.initial)
+                # The last pass goes on until nothing is due: a delivered callback may have
+                # been holding back the next one of its record. (A failed one is due again
+                # later, so it is not fetched twice.)
+                if finishing and not fetched:
+                    await self._report_left()
                     return
-                await self._wait_for_store()  # the store logs its outage once
-                continue
-            except StoreError as exc:
-                logger.error(
-                    "outbox.unreadable error=%s (retrying in %gs)", exc, self.backoff.initial
+            if scope.cancelled_caught:
+                logger.warning(
+                    "outbox.pending (stopped by the stop deadline; delivered after the next start)"
                 )
-                fetched, full = 0, False
-                next_at = self.clock.now() + timedelta(seconds=self.backoff.initial)
-            # The last pass goes on until nothing is due: a delivered callback may have been
-            # holding back the next one of its record. (A failed one is due again later, so it
-            # is not fetched twice.)
-            if finishing and not fetched:
-                await self._report_left()
                 return
             if full or finishing:
                 continue
@@ -112,8 +123,23 @@ class Outbox:
             logger.warning("outbox.pending rows=%d (delivered after the next start)", pending)
 
     async def _wait_for_store(self) -> None:
-        """Until the store is back or :meth:`finish` is called, whichever comes first."""
+        """A read failed: until the store is back or :meth:`finish` is called.
+
+        The writer is asked first (a read can fail before any write does): if it confirms
+        the outage it probes until the store is back; if it commits, this waits a backoff
+        delay before reading again, so a store that fails reads only is not read in a loop.
+        """
         assert self._finish_event is not None
+        try:
+            await self.store.check()
+        except StoreUnavailable:
+            pass
+        except StoreError as exc:
+            logger.debug("outbox.check_failed error=%s", exc)
+        else:
+            deadline = self.clock.monotonic() + self.backoff.initial
+            await wait_for(self._finish_event, deadline, self.clock)
+            return
         async with anyio.create_task_group() as tg:
 
             async def back() -> None:

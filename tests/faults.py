@@ -24,6 +24,8 @@ class TcpProxy:
         self.port = _free_port()
         self.connections = 0  # accepted and forwarded so far
         self._cut = False
+        self._blackhole = False
+        self.attempts = 0  # connections tried, forwarded or not
         self._trap: bytes | None = None  # see lose_commit_reply
         self._trap_state = ""
         self.trapped = anyio.Event()
@@ -37,12 +39,18 @@ class TcpProxy:
 
     def cut(self, *, refuse: bool = False) -> None:
         """Drop every connection; new ones fail (refused, or reset) until :meth:`restore`."""
+        self._blackhole = False
         self._cut = True
         for scope in list(self._scopes):
             scope.cancel()
         if refuse and self._listening is not None:
             self._listening.cancel()
             self._listening = None
+
+    def blackhole(self) -> None:
+        """A network that drops packets: nothing goes through any more, in either direction,
+        and nothing is closed or refused (new connections are accepted and never answered)."""
+        self._blackhole = True
 
     def lose_commit_reply(self, statement: bytes) -> None:
         """The next transaction that sends ``statement`` commits on the server, but its
@@ -51,7 +59,7 @@ class TcpProxy:
         self._trap, self._trap_state = statement, ""
 
     async def restore(self) -> None:
-        self._cut = False
+        self._cut = self._blackhole = False
         if self._listening is None and self._tg is not None:
             await self._tg.start(self._listen)
 
@@ -65,6 +73,9 @@ class TcpProxy:
 
     async def _handle(self, client: SocketStream) -> None:
         async with client:
+            self.attempts += 1
+            if self._blackhole:
+                await anyio.sleep_forever()  # accepted, never answered
             if self._cut:
                 return  # accepted and closed at once
             try:
@@ -86,6 +97,8 @@ class TcpProxy:
     ) -> None:
         try:
             async for chunk in source:
+                if self._blackhole:
+                    continue  # lost on the way
                 if self._trap is not None:
                     if upstream and self._trap in chunk:
                         self._trap_state = "statement"

@@ -40,7 +40,7 @@ class Instance:
     id: str
     host: str
     pid: int
-    boot_id: str | None
+    boot_id: str | None  # the machine's boot and this process's pid namespace
     started_at: datetime
     heartbeat_at: datetime
 
@@ -52,9 +52,10 @@ class Instance:
         return f"{self.host}:{self.pid}"
 
     def gone(self, me: Instance) -> bool:
-        """Provably dead: on this machine, since the same boot, and no process has its pid
-        (a pid in use by another process counts as alive: waiting for the heartbeat to
-        expire is the safe mistake)."""
+        """Provably dead: on this machine, since the same boot, in the same pid namespace
+        (a container sharing the host's name and boot sees other pids, or none), and no
+        process has its pid. A pid in use by another process counts as alive: waiting for
+        the heartbeat to expire is the safe mistake."""
         if (self.host, self.boot_id) != (me.host, me.boot_id) or self.boot_id is None:
             return False
         if self.pid == me.pid:
@@ -137,7 +138,11 @@ def _row(instance: Instance) -> dict[str, object]:
 
 
 def _boot_id() -> str | None:
+    """This boot of this machine, and this process's pid namespace: two processes with the
+    same value see each other's pids."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:64] or None
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
+    return f"{boot}/{namespace}"[:64] or None

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
 _SKIPPED = RecordState.SKIPPED.value
+_INTERRUPTED = RecordState.INTERRUPTED
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
 CONNECT_TIMEOUT = 10.0  # seconds to open a PostgreSQL connection
@@ -204,7 +205,11 @@ class Store:
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
         self._engine = engine
         self._writer = Writer(
-            lambda: self.engine, clock=self.clock, backoff=self.retry, queue_size=self._queue_size
+            lambda: self.engine,
+            clock=self.clock,
+            backoff=self.retry,
+            probe=self._probe,
+            queue_size=self._queue_size,
         )
         if migrate:
             await self.upgrade()
@@ -240,6 +245,23 @@ class Store:
         """Return once the store can take writes again (at once if it can)."""
         await self._open_writer().wait_available()
 
+    async def check(self) -> None:
+        """Find out through the writer whether the store takes writes now: returns if it
+        does; raises :class:`~dispatch.errors.StoreUnavailable` if not, and then the writer
+        knows of the outage and probes until it is over (see :meth:`wait_available`). For a
+        reader whose query just failed."""
+        await self._write([], held=False)
+
+    async def _probe(self) -> None:
+        # A real write when this daemon is registered (its heartbeat): a store that answers
+        # reads but refuses writes (a full disk) is not back.
+        if self.instance is not None:
+            await self.beat()
+            return
+        with translated("probing"):
+            async with self.engine.connect() as conn:
+                await conn.execute(select(1))
+
     def stop_retrying(self, after: float) -> None:
         """``after`` seconds from now on, writes held for an unreachable store fail instead
         of waiting for it: a stopping daemon must be able to exit."""
@@ -247,7 +269,9 @@ class Store:
 
     def statistics(self) -> StoreStatistics:
         stats = self._open_writer().statistics()
-        return StoreStatistics(stats.commits, stats.writes, stats.held, stats.unavailable_since)
+        return StoreStatistics(
+            stats.commits, stats.writes, stats.held, stats.unavailable_since, stats.failed_tries
+        )
 
     async def wait_until(self, predicate: Callable[[StoreStatistics], bool]) -> None:
         """Return once ``predicate(store.statistics())`` holds; it is checked whenever an
@@ -309,15 +333,18 @@ class Store:
                     async for row in result
                 }
 
-    async def recover(self, mode: RecoverMode, now: datetime) -> int:
+    async def recover(
+        self, mode: RecoverMode, now: datetime, *, max_dials: int | None = None
+    ) -> int:
         """Close the attempts that dead daemons left in flight; return how many.
 
         Only attempts whose owner is gone are touched (no owner, or an owner no longer in
         ``instances``: :meth:`claim` removed the dead ones). They become ``interrupted``. A
         record whose latest attempt is one of them becomes terminal ``interrupted`` with
         ``mode="interrupt"`` (never re-dialed: the phone may have rung), or goes back to
-        ``retry`` with ``"retry"`` (the interrupted attempt still counts against the cap). A
-        record with a later attempt keeps its state: recovery never downgrades an outcome.
+        ``retry`` with ``"retry"`` (the interrupted attempt still counts against the cap: a
+        record that has had ``max_dials`` dials becomes ``interrupted`` instead). A record
+        with a later attempt keeps its state: recovery never downgrades an outcome.
         """
         later = aliased(attempts)
         newer = (
@@ -333,9 +360,13 @@ class Store:
         )
         orphaned = attempts.c.owner.is_(None) | attempts.c.owner.not_in(select(instances.c.id))
         query = select(
-            attempts.c.id, attempts.c.strategy, attempts.c.record_id, attempts.c.phone, newer
+            attempts.c.id,
+            attempts.c.strategy,
+            attempts.c.record_id,
+            attempts.c.phone,
+            attempts.c.number,
+            newer,
         ).where(attempts.c.state.in_(_IN_FLIGHT), orphaned)
-        record_state = RecordState.RETRY if mode == "retry" else RecordState.INTERRUPTED
         with translated("recovering interrupted attempts"):
             async with self.engine.begin() as conn:
                 rows = (await conn.execute(query)).all()
@@ -349,16 +380,23 @@ class Store:
                     ),
                     [{"b_id": row[0]} for row in rows],
                 )
-                latest = [(s, r, p) for _, s, r, p, superseded in rows if not superseded]
-                if latest:
-                    await conn.execute(
-                        update(records)
-                        .where(records.c.strategy == bindparam("b_strategy"))
-                        .where(records.c.record_id == bindparam("b_record_id"))
-                        .values(state=record_state.value, reason="interrupted", updated_at=now),
-                        [{"b_strategy": s, "b_record_id": r} for s, r, _ in latest],
-                    )
-                if latest and mode == "interrupt":
+                retried: list[tuple[str, str, str]] = []
+                final: list[tuple[str, str, str]] = []
+                for _, s, r, p, number, superseded in rows:
+                    if superseded:
+                        continue
+                    has_dials_left = max_dials is None or number < max_dials
+                    (retried if mode == "retry" and has_dials_left else final).append((s, r, p))
+                for group, state in ((retried, RecordState.RETRY), (final, _INTERRUPTED)):
+                    if group:
+                        await conn.execute(
+                            update(records)
+                            .where(records.c.strategy == bindparam("b_strategy"))
+                            .where(records.c.record_id == bindparam("b_record_id"))
+                            .values(state=state.value, reason="interrupted", updated_at=now),
+                            [{"b_strategy": s, "b_record_id": r} for s, r, _ in group],
+                        )
+                if final:
                     # The record is final: report it. Only its id and phone survive a crash.
                     await conn.execute(
                         ob.INSERT,
@@ -366,7 +404,7 @@ class Store:
                             ob.Callback(
                                 s, "on_failed", Record(id=r, phone=p), ("interrupted",)
                             ).row(now)
-                            for s, r, p in latest
+                            for s, r, p in final
                         ],
                     )
         return len(rows)
@@ -436,6 +474,11 @@ class Store:
             ],
             held=False,
         )
+
+    async def restamp(self, attempt_id: str, *, at: datetime) -> None:
+        """Commit that the dial of an attempt starts at ``at`` (later than its intent said:
+        the intent's commit was slow). Held through an outage."""
+        await self._write([(_RESTAMP_ATTEMPT, {"b_id": attempt_id, "b_at": at})])
 
     async def activated(
         self, attempt_id: str, call_id: str, *, at: datetime, callback: ob.Callback | None = None
@@ -534,6 +577,7 @@ class StoreStatistics:
     writes: int
     held: int = 0  # writes waiting for an unreachable store
     unavailable_since: float | None = None  # monotonic time the current outage began
+    failed_tries: int = 0  # tries to reach it that failed in the current outage
 
     @property
     def writes_per_commit(self) -> float:
@@ -610,16 +654,23 @@ def _upsert_sources(dialect: Any) -> Executable:
 
 
 def _insert_attempt(dialect: Any) -> Executable:
-    # Idempotent by id only: an intent written again after a lost commit is a no-op, while a
-    # second attempt with the same (strategy, record_id, number) still fails on its unique
-    # constraint, which is what keeps a record from being dialed twice.
-    stmt: Executable = dialect.insert(attempts).on_conflict_do_nothing(index_elements=["id"])
+    # Idempotent by id only: an intent written again after a lost commit takes the new time
+    # (its dial is about to start now), while a second attempt with the same (strategy,
+    # record_id, number) still fails on its unique constraint, which is what keeps a record
+    # from being dialed twice.
+    insert = dialect.insert(attempts)
+    stmt: Executable = insert.on_conflict_do_update(
+        index_elements=["id"], set_={"dialed_at": insert.excluded.dialed_at}
+    )
     return stmt
 
 
 _INSERT_ATTEMPT = {"sqlite": _insert_attempt(sqlite), "postgresql": _insert_attempt(postgresql)}
 _UPSERT_SOURCE = {"sqlite": _upsert_sources(sqlite), "postgresql": _upsert_sources(postgresql)}
 _UPSERT_RECORD = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+_RESTAMP_ATTEMPT = (
+    update(attempts).where(attempts.c.id == bindparam("b_id")).values(dialed_at=bindparam("b_at"))
+)
 _UPDATE_ATTEMPT_CALL = (
     update(attempts)
     .where(attempts.c.id == bindparam("b_id"))

@@ -19,14 +19,16 @@ bounded: the queue holds at most ``queue_size`` writes and a full queue blocks i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from sqlalchemy import Connection, Executable, text
+from sqlalchemy import Connection, Executable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..clock import Clock, Signal, wait_for
@@ -62,10 +64,16 @@ class WriterStatistics:
     writes: int
     held: int  # writes waiting for the store to come back
     unavailable_since: float | None  # monotonic time the current outage began
+    failed_tries: int = 0  # tries (commits, probes) that failed in the current outage
 
 
 class Writer:
-    """Commits writes in groups on ``engine()``; see the module docstring."""
+    """Commits writes in groups on ``engine()``; see the module docstring.
+
+    ``probe()`` is how an outage with nothing held finds out that the store is back (the
+    daemon's heartbeat: a real write, so a store that reads but cannot write is not taken
+    for one that is back).
+    """
 
     def __init__(
         self,
@@ -73,11 +81,13 @@ class Writer:
         *,
         clock: Clock,
         backoff: Backoff,
+        probe: Callable[[], Awaitable[object]],
         queue_size: int = 10_000,
     ) -> None:
         self._engine = engine
         self._clock = clock
         self._backoff = backoff
+        self._probe_store = probe
         self._send: MemoryObjectSendStream[_Write]
         self._receive: MemoryObjectReceiveStream[_Write]
         self._send, self._receive = anyio.create_memory_object_stream[_Write](queue_size)
@@ -88,8 +98,9 @@ class Writer:
         self._outage_since: float | None = None
         self._available = anyio.Event()
         self._available.set()
-        self._give_up_at: float | None = None
+        self._give_up_at: float | None = None  # the event loop's time (anyio.current_time)
         self._wake = anyio.Event()
+        self._scopes: set[anyio.CancelScope] = set()  # commits and pauses: end at give-up
         self._failures = 0  # failed tries in the current outage
         self.changed = Signal()  # notified when an outage begins or ends, or holds more
 
@@ -112,7 +123,7 @@ class Writer:
         if the database refuses the write.
         """
         if self._outage is not None and not held:
-            raise self._outage
+            raise _fresh(self._outage)
         write = _Write(statements, held)
         try:
             await self._send.send(write)
@@ -120,17 +131,25 @@ class Writer:
             raise StoreError("the store is closed") from exc
         await write.done.wait()
         if write.error is not None:
-            raise write.error
+            # A copy for each caller: one exception raised in many tasks would collect every
+            # one of their tracebacks (and keep their frames alive) for as long as it lives.
+            raise _fresh(write.error)
 
     def give_up_after(self, seconds: float) -> None:
-        """``seconds`` from now on, stop holding writes for an unreachable store: they fail
-        with :class:`StoreUnavailable`. The hub sets it when it stops, so that an outage
-        cannot keep a stopping daemon alive for ever."""
-        self._give_up_at = self._clock.monotonic() + seconds
+        """``seconds`` from now on (real time), stop waiting for an unreachable store: held
+        writes fail with :class:`StoreUnavailable`, and a commit the database does not answer
+        is abandoned. The hub sets it when it stops, so that an outage (even one that drops
+        packets) cannot keep a stopping daemon alive for ever."""
+        self._give_up_at = anyio.current_time() + seconds
+        for scope in self._scopes:
+            scope.deadline = self._give_up_at
         self._wake.set()
 
     def close(self) -> None:
-        """Stop accepting writes; :meth:`run` commits what is queued, then returns."""
+        """Stop accepting writes; :meth:`run` commits what is queued, then returns (waiting
+        at most 10 s more for an unreachable store, unless :meth:`give_up_after` said)."""
+        if self._give_up_at is None:
+            self.give_up_after(10.0)
         self._send.close()
 
     def dispose(self) -> None:
@@ -139,7 +158,13 @@ class Writer:
         self._receive.close()
 
     def statistics(self) -> WriterStatistics:
-        return WriterStatistics(self._commits, self._rows, self._held, self._outage_since)
+        return WriterStatistics(
+            self._commits,
+            self._rows,
+            self._held,
+            self._outage_since,
+            self._failures if self._outage is not None else 0,
+        )
 
     # -- the task ----------------------------------------------------------------------------
 
@@ -151,6 +176,9 @@ class Writer:
             try:
                 while True:
                     if not batch:
+                        if self._outage is not None and not self._giving_up():
+                            await self._until_back()  # nothing held: probe until it is back
+                            continue
                         try:
                             batch.append(await self._receive.receive())
                         except anyio.EndOfStream:
@@ -183,20 +211,23 @@ class Writer:
     async def _commit(self, batch: list[_Write]) -> None:
         """Commit ``batch`` in one transaction. A write the database refuses is failed alone
         (its neighbours are committed without it); an outage raises for the whole batch."""
-        try:
-            async with self._engine().begin() as conn:
-                await conn.run_sync(_apply, batch)
-        except DRIVER_ERRORS as exc:
-            error = store_error(exc, "writing")
-            if isinstance(error, StoreUnavailable):
-                raise error from exc
-            if len(batch) == 1:
-                batch[0].fail(error)
+        with self._bounded() as scope:
+            try:
+                async with self._engine().begin() as conn:
+                    await conn.run_sync(_apply, batch)
+            except DRIVER_ERRORS as exc:
+                error = store_error(exc, "writing")
+                if isinstance(error, StoreUnavailable):
+                    raise error from exc
+                if len(batch) == 1:
+                    batch[0].fail(error)
+                    return
+                logger.warning("store.batch_failed size=%d error=%s", len(batch), error)
+                for write in batch:  # one bad write must not fail its neighbours
+                    await self._commit([write])
                 return
-            logger.warning("store.batch_failed size=%d error=%s", len(batch), error)
-            for write in batch:  # one bad write must not fail its neighbours
-                await self._commit([write])
-            return
+        if scope.cancelled_caught:
+            raise StoreUnavailable("store gave no answer before the daemon stopped")
         self._commits += 1
         self._rows += len(batch)
         for write in batch:
@@ -205,14 +236,7 @@ class Writer:
     async def _ride_out(self, batch: list[_Write], error: StoreUnavailable) -> list[_Write]:
         """An outage: fail the fail-fast writes, keep the held ones, wait, and return what to
         try again (in the order it was written)."""
-        if self._outage is None:
-            self._outage = error
-            self._outage_since = self._clock.monotonic()
-            self._available = anyio.Event()
-            self._failures = 0
-            logger.error(
-                "store.unavailable %s (holding outcomes until it is back; no new dials)", error
-            )
+        self._begin(error)
         self._failures += 1
         self._drain(batch)
         giving_up = self._giving_up()
@@ -222,28 +246,57 @@ class Writer:
         batch = [w for w in batch if not w.done.is_set()]
         self._held = len(batch)
         self.changed.notify()
-        if giving_up:
-            return batch  # stopping: each later write gets one try, and fails alone
-        delay = self._backoff.delay(self._failures)
-        logger.debug("store.retry held=%d in=%.1fs", len(batch), delay)
-        self._wake = anyio.Event()
-        deadline = self._clock.monotonic() + delay
-        if self._give_up_at is not None:
-            deadline = min(deadline, max(self._give_up_at, self._clock.monotonic()))
-        await wait_for(self._wake, deadline, self._clock)
-        if not batch:
-            await self._probe()
+        if batch:  # the next try of what is held is the probe
+            await self._pause(self._backoff.delay(self._failures))
         return batch
 
-    async def _probe(self) -> None:
-        """Nothing is held: find out whether the store is back with a trivial query."""
-        try:
-            async with self._engine().connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except DRIVER_ERRORS as exc:
-            logger.debug("store.probe_failed %s", store_error(exc, "probing"))
+    async def _until_back(self) -> None:
+        """Nothing is held: probe the store on the backoff schedule until it answers (or the
+        writer gives up or closes)."""
+        while self._outage is not None and not self._giving_up():
+            await self._pause(self._backoff.delay(self._failures))
+            if self._giving_up():
+                return
+            with self._bounded():
+                try:
+                    await self._probe_store()
+                except StoreError as exc:
+                    self._failures += 1
+                    self.changed.notify()
+                    logger.debug("store.probe_failed %s", exc)
+                    continue
+            if not self._giving_up():
+                self._back()
+
+    def _begin(self, error: StoreUnavailable) -> None:
+        if self._outage is not None:
             return
-        self._back()
+        self._outage = error
+        self._outage_since = self._clock.monotonic()
+        self._available = anyio.Event()
+        self._failures = 0
+        logger.error(
+            "store.unavailable %s (holding outcomes until it is back; no new dials)", error
+        )
+        self.changed.notify()
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds on the store's clock, or until the writer gives up."""
+        logger.debug("store.retry held=%d in=%.1fs", self._held, delay)
+        self._wake = anyio.Event()
+        with self._bounded():
+            await wait_for(self._wake, self._clock.monotonic() + delay, self._clock)
+
+    @contextmanager
+    def _bounded(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that ends at the give-up time (real time), when there is one."""
+        deadline = self._give_up_at if self._give_up_at is not None else math.inf
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.discard(scope)
 
     def _back(self) -> None:
         assert self._outage_since is not None
@@ -258,7 +311,14 @@ class Writer:
         self.changed.notify()
 
     def _giving_up(self) -> bool:
-        return self._give_up_at is not None and self._clock.monotonic() >= self._give_up_at
+        return self._give_up_at is not None and anyio.current_time() >= self._give_up_at
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A new exception like ``error``, with the same cause, and a traceback of its own."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
 
 
 def _apply(conn: Connection, batch: Sequence[_Write]) -> None:

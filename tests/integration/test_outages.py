@@ -45,6 +45,13 @@ def hub_on(store: Store, agent: ScriptedAgent, source: ListStrategy, **options: 
     return DispatchHub(agent=agent, strategies=[source], store=store, **options)
 
 
+async def delivered_marks(url: str) -> None:
+    """Until the outbox has marked every callback delivered (the daemon's own writes done)."""
+    query = "SELECT count(*) FROM outbox WHERE delivered_at IS NULL"
+    while await fetch(url, query) != [(0,)]:  # noqa: ASYNC110 - another process's view
+        await anyio.sleep(0.01)
+
+
 def messages(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(event)]
 
@@ -115,6 +122,9 @@ async def test_a_store_refusing_connections_for_a_while_stops_nothing(
             source.poll_now()
             await store.wait_until(lambda s: s.unavailable_since is not None)
             await source.wait_for_polls(2)
+            # Nothing is held (the intents failed at once): the writer keeps probing anyway,
+            # so the end of a long outage is noticed.
+            await store.wait_until(lambda s: s.failed_tries >= 4)
             assert agent.dials == []
             await proxy.restore()
             await source.wait_for_events(10)
@@ -170,7 +180,13 @@ async def test_terminated_connections_mid_campaign_lose_nothing_and_dial_nobody_
     assert await fetch(
         postgres_url, "SELECT count(*), count(DISTINCT record_id), max(number) FROM attempts"
     ) == [(40, 40, 1)]
-    completed = {e[1] for e in source.named("completed")}  # at least once each
+    # Every callback at least once: those the storm kept from the last pass come with the
+    # next start (which dials nobody).
+    again = ScriptedAgent()
+    with anyio.fail_after(30):
+        await hub_on(outage_store(postgres_url), again, source, exit_when_done=True).run()
+    assert again.dials == []
+    completed = {e[1] for e in source.named("completed")}
     assert completed == {r.id for r in records}
 
 
@@ -241,3 +257,80 @@ async def test_an_intent_whose_commit_reply_was_lost_is_dialed_once_when_the_sto
     assert await fetch(postgres_url, "SELECT record_id, number, state FROM attempts") == [
         ("r1", 1, "completed")
     ]
+
+
+async def test_an_outbox_read_failing_first_makes_the_writer_probe_not_a_busy_loop(
+    postgres_url: str, proxy: TcpProxy
+) -> None:
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r0", PHONES[0])])
+    store = outage_store(through(postgres_url, proxy))
+    hub = hub_on(store, agent, source)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.wait_for_events(2)
+            await delivered_marks(postgres_url)  # the store is idle: nothing held, nothing due
+            proxy.cut()  # reset at once: every try is quick
+            before = proxy.attempts
+            hub._outbox.wake()  # the outbox reads first: the writer has seen nothing yet
+            await store.wait_until(lambda s: s.failed_tries >= 4)
+            # A few tries with backoff (each try may open a connection or two), not a loop
+            # of reads at full speed (over a thousand in a second).
+            assert proxy.attempts - before < 40
+            await proxy.restore()
+            await store.wait_available()
+            hub.stop()
+
+
+async def test_a_stop_during_an_outage_that_drops_packets_ends_in_bounded_time(
+    postgres_url: str,
+    proxy: TcpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(dispatch.hub, "STORE_GRACE", 0.5)
+    agent = ScriptedAgent(auto_end=False)
+    source = ListStrategy([rec("r0", PHONES[0])])
+    store = outage_store(through(postgres_url, proxy))
+    hub = hub_on(store, agent, source, drain_timeout=0.5)
+
+    with caplog.at_level(logging.ERROR, logger="dispatch"), anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.wait_for_events(1)
+            proxy.blackhole()  # no error, no answer: every statement just waits
+            agent.live["call-1"].end()
+            began = time.monotonic()
+            hub.stop()
+    assert time.monotonic() - began < 8  # drain + grace + goodbyes, not minutes
+    assert any("record=r0" in m for m in messages(caplog, "store.outcome_lost"))
+
+
+async def test_every_caller_refused_during_an_outage_gets_an_error_of_its_own(
+    postgres_url: str, proxy: TcpProxy
+) -> None:
+    import traceback
+
+    from dispatch import StoreUnavailable
+
+    store = outage_store(through(postgres_url, proxy))
+    await store.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            proxy.cut()
+            errors: list[StoreUnavailable] = []
+            for _ in range(50):
+                try:
+                    await store.polled("s", pending=0, waiting=0, at=store.clock.now())
+                except StoreUnavailable as exc:
+                    errors.append(exc)
+            assert len(errors) == 50
+            assert len({id(e) for e in errors}) == 50  # no shared instance collecting frames
+            assert max(len(traceback.extract_tb(e.__traceback__)) for e in errors) < 10
+            store.stop_retrying(after=0)
+            store.close()
+    finally:
+        await store.aclose()

@@ -444,3 +444,65 @@ async def test_two_daemons_starting_at_once_cannot_both_claim_the_store(
         for store in stores:
             await store.release()
             await store.aclose()
+
+
+async def test_recovery_in_retry_mode_ends_a_record_that_has_no_attempts_left(store: Store) -> None:
+    from dispatch.store import outbox as ob
+
+    await intent(store, "a1", "r1", number=2)  # its second and last allowed dial
+    await intent(store, "a2", "r2", number=1)
+    await store.recover("retry", NOW, max_dials=2)
+    known = await store.known_records()
+    assert known[("s", "r1")].state is RecordState.INTERRUPTED
+    assert known[("s", "r2")].state is RecordState.RETRY
+    assert [(r.callback.record.id, r.callback.name) for r in await ob.due(store.engine, NOW)] == [
+        ("r1", "on_failed")
+    ]
+
+
+async def test_a_daemon_in_another_pid_namespace_is_never_taken_for_gone(
+    any_store_url: str,
+) -> None:
+    # Containers on one host share its name and boot: their pids mean nothing to each other.
+    from dataclasses import replace
+
+    from dispatch import StoreInUse
+    from dispatch.store import instances
+
+    store = Store(any_store_url)
+    await store.open()
+    try:
+        me = instances.Instance.this_process(store.clock.now())
+        assert me.boot_id is not None
+        elsewhere = replace(me, id="other", pid=_exited_pid(), boot_id=me.boot_id + "0")
+        await _register(store, elsewhere)
+        with pytest.raises(StoreInUse):
+            await store.claim()
+    finally:
+        await store.aclose()
+
+
+def test_a_process_in_another_pid_namespace_has_another_identity() -> None:
+    # What tells a container's daemon from ours, though both share the host's name and boot.
+    import subprocess
+    import sys
+
+    from dispatch.store import instances
+
+    show = [
+        sys.executable,
+        "-c",
+        "from dispatch.store import instances; print(instances._boot_id())",
+    ]
+    beside = subprocess.run(show, capture_output=True, text=True, check=True).stdout.strip()
+    contained = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", *show],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = instances._boot_id()
+    assert ours is not None
+    assert beside == ours
+    assert contained.split("/")[0] == ours.split("/")[0]  # the same boot
+    assert contained != ours

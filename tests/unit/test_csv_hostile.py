@@ -258,7 +258,8 @@ async def longest_stall(work: Callable[[], Awaitable[T]]) -> tuple[T, float]:
             tg.start_soon(tick)
             result = await work()
             done.set()
-    assert ticks > 20  # the ticker did run meanwhile
+    # The ticker measured every gap, the last one (up to the end of the work) included.
+    assert ticks >= 1
     return result, longest
 
 

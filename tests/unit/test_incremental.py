@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -236,3 +237,22 @@ async def test_a_record_still_broken_after_a_restart_is_not_reported_again(
         await hub.run()
     assert again.events == []
     assert hub.statistics().already_handled == 2
+
+
+async def test_an_edit_with_an_earlier_not_before_is_dialed_at_the_new_time(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    now = clock.now()
+    agent = ScriptedAgent()
+    source = ChangeFeed(rec("r1", A, not_before=now + timedelta(seconds=600)))
+    hub = make_hub(sqlite_url, agent, source, clock=clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await clock.wait_for_deadline(600.0)
+            source.push(rec("r1", A, not_before=now + timedelta(seconds=10)))  # moved earlier
+            await clock.wait_for_deadline(10.0)
+            clock.advance(10.0)
+            await agent.wait_for_dials(1)
+            hub.stop()

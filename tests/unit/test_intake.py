@@ -4,11 +4,13 @@ at scale: a huge poll never stalls the event loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from datetime import timedelta
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from dispatch import DispatchHub, Malformed, Record, RecordState, Removed, SkipReason, Strategy
@@ -92,6 +94,23 @@ def test_a_record_not_yet_due_or_due_for_a_retry_waits() -> None:
     assert (retry.until, retry.why) == (later, "retry")
 
 
+def test_a_record_out_of_attempts_is_done_whatever_its_state_says() -> None:
+    # A recovery put it back to retry, or retry_attempts was lowered since its last dial.
+    retry = KnownRecord.of(RecordState.RETRY, 2)
+    done = decide(
+        rec("r1", A),
+        known=retry,
+        queued=False,
+        in_flight=False,
+        incremental=False,
+        admission=ADMISSION,
+        max_dials=2,
+    )
+    assert isinstance(done, Done)
+    assert "no attempts left" in done.why
+    assert isinstance(verdict(rec("r1", A), retry), Admit)  # no cap given: not refused
+
+
 def test_an_id_too_long_for_the_store_is_refused_under_a_stable_short_id() -> None:
     first = verdict(rec("x" * 600, A))
     again = verdict(rec("x" * 600, A))
@@ -169,3 +188,36 @@ async def test_a_poll_of_200000_records_never_stalls_the_event_loop(
 
     assert longest < 0.1, f"the event loop stalled for {longest * 1000:.0f} ms"
     assert most_tasks < 50  # a task per admitted dial, never one per record
+
+
+class Streamed(Strategy):
+    """An async generator poll that waits (for I/O, as a SQL cursor would) between records."""
+
+    def __init__(self) -> None:
+        super().__init__("streamed")
+        self.gc_enabled_while_waiting: list[bool] = []
+
+    async def poll(self):  # type: ignore[no-untyped-def]
+        for n in range(3):
+            await anyio.lowlevel.checkpoint()
+            self.gc_enabled_while_waiting.append(gc.isenabled())
+            yield Record(id=f"r{n}", phone=f"bad-{n}")
+
+
+@pytest.mark.anyio
+async def test_the_cyclic_gc_is_on_whenever_intake_waits(sqlite_url: str) -> None:
+    # The collector is process-wide: an application embedding the hub must never find it off
+    # while the hub waits for its source (or an outage holds its skips).
+    clock = ManualClock()
+    source = Streamed()
+    hub = DispatchHub(
+        agent=ScriptedAgent(),
+        strategies=[source],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        poll_interval=10_000.0,
+        exit_when_done=True,
+    )
+    with anyio.fail_after(10):
+        await hub.run()
+    assert source.gc_enabled_while_waiting == [True, True, True]

@@ -288,3 +288,40 @@ async def test_a_blocking_sync_callback_runs_in_a_thread_and_never_delays_a_dial
             everyone_dialed.set()
     assert gave_up == []
     assert len(source.named("dispatched")) == 10
+
+
+# asyncio's debug mode refuses an event loop's state touched from another thread.
+# Without the hand-over, the wake-up is lost and the hub hangs: the timeout turns that red.
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"debug": True}), id="debug")])
+async def test_a_sync_callback_may_ask_for_a_poll_or_stop_the_hub_from_its_thread(
+    sqlite_url: str,
+) -> None:
+    class Reacts(ListStrategy):
+        def on_completed(self, record: Record, call_id: str, reason: str) -> None:  # type: ignore[override]
+            if record.id == "r1":
+                self.records.append(rec("r2", B))
+                try:
+                    self.poll_now()  # from a worker thread: reaches the event loop safely
+                except RuntimeError as error:  # debug mode's "non-thread-safe operation"
+                    refused.append(error)
+                    hub.stop()
+            else:
+                hub.stop()  # likewise
+            super()._event("completed", record, call_id, reason)
+
+    refused: list[RuntimeError] = []
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    source = Reacts([rec("r1", A)])
+    hub = DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        poll_interval=10_000.0,  # r2 comes in only through the callback's poll_now()
+    )
+    with anyio.fail_after(10):
+        await hub.run()  # returns: r2's callback stopped it
+    assert refused == []
+    assert [d.to for d in agent.dials] == [A, B]  # and r2's callback stopped the hub

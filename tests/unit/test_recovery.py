@@ -7,10 +7,12 @@ dials; an outcome known as the hub is cancelled is still recorded.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -174,8 +176,8 @@ async def test_a_dial_start_is_counted_from_the_commit_of_its_intent(sqlite_url:
             blocker.execute("BEGIN IMMEDIATE")  # the disk is slow: the intent waits 5 s
             source.records = [rec("r1", A), rec("r2", B)]
             source.poll_now()
-            await clock.wait_until(lambda: hub.statistics().active == 2)
-            await clock.wait_all_tasks_blocked()
+            await clock.wait_all_tasks_blocked()  # r1's intent waits; r2 waits for room
+            assert (hub.statistics().active, hub.statistics().rate_limited) == (2, 1)
             clock.advance(5.0)
             blocker.execute("ROLLBACK")
             blocker.close()
@@ -366,3 +368,131 @@ async def test_a_record_waiting_for_the_rate_limit_when_the_hub_stops_is_put_bac
     stats = hub.statistics()
     assert (stats.pending, stats.active) == (1, 0)  # not dialed, and not lost: queued
     assert await fetch(sqlite_url, "SELECT pending FROM sources") == [(1,)]
+
+
+async def test_a_refused_intent_gives_its_room_in_the_rate_limit_back(sqlite_url: str) -> None:
+    await create_store(sqlite_url)
+    add_trigger(
+        sqlite_url,
+        "CREATE TRIGGER refuse BEFORE INSERT ON attempts WHEN NEW.record_id = 'r1' "
+        "BEGIN SELECT RAISE(ABORT, 'not this one'); END",
+    )
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A), rec("r2", B)])
+    pacing = Pacing(max_calls_per_minute=1, max_concurrent=1)
+    hub = make_hub(sqlite_url, agent, source, clock=clock, pacing=pacing)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(1)  # at once: r1 dialed nothing, so it used no room
+            assert clock.monotonic() == 0.0
+            hub.stop()
+    assert [d.to for d in agent.dials] == [B]
+
+
+async def test_a_hub_started_as_a_context_manager_on_a_store_in_use_raises_cleanly(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent(auto_end=False)
+    first = make_hub(sqlite_url, agent, ListStrategy([rec("r1", A)]), clock=clock)
+    with anyio.fail_after(10):
+        async with first:
+            await agent.wait_for_live(1)
+            second = make_hub(sqlite_url, ScriptedAgent(), ListStrategy(), clock=clock)
+            with pytest.raises(StoreInUse):
+                async with second:
+                    pass
+            agent.live["call-1"].end()  # the first one runs on, unharmed
+            await first.store.wait_until(lambda s: s.commits > 0)
+    assert await fetch(sqlite_url, "SELECT state FROM attempts") == [("completed",)]
+
+
+@contextmanager
+def logged(message: str) -> Iterator[anyio.Event]:
+    """An event set when the hub logs ``message`` (in the event loop, where it logs)."""
+    seen = anyio.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(message):
+                seen.set()
+
+    handler = Handler()
+    logging.getLogger("dispatch").addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("dispatch").removeHandler(handler)
+
+
+async def test_a_skip_the_store_refuses_leaves_what_was_known_of_the_record(
+    sqlite_url: str,
+) -> None:
+    # r1 was rejected once and waits to retry; the operator breaks its number, the skip
+    # cannot be written, then fixes it: r1 still waits out its retry delay, and the retry is
+    # attempt 2, not a second attempt 1.
+    from tests.unit.test_incremental import ChangeFeed
+
+    await create_store(sqlite_url)
+    clock = ManualClock()
+    agent = ScriptedAgent(script={A: ["busy", "answer"]})
+    source = ChangeFeed(rec("r1", A))
+    hub = make_hub(
+        sqlite_url, agent, source, clock=clock, retry=RetryPolicy(attempts=1, delay=30.0)
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(1)
+            await clock.wait_until(lambda: hub.statistics().waiting == 1)
+            add_trigger(
+                sqlite_url,
+                "CREATE TRIGGER refuse BEFORE UPDATE ON records WHEN NEW.state = 'skipped' "
+                "BEGIN SELECT RAISE(ABORT, 'no skips'); END",
+            )
+            with logged("store.skip_failed") as refused:
+                source.push(rec("r1", "12"))
+                await refused.wait()
+            add_trigger(sqlite_url, "DROP TRIGGER refuse")
+            source.push(rec("r1", A))
+            await source.wait_for_polls(3)
+            await clock.wait_all_tasks_blocked()
+            assert hub.statistics().waiting == 1  # it still waits out its retry delay
+            clock.advance(30.0)
+            await agent.wait_for_dials(2)
+            hub.stop()
+    assert await fetch(sqlite_url, "SELECT number, state FROM attempts ORDER BY number") == [
+        (1, "rejected"),
+        (2, "completed"),
+    ]
+
+
+async def test_a_slow_intent_commit_moves_the_recorded_start_to_the_dial(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    source = ListStrategy()
+    hub = make_hub(sqlite_url, agent, source, clock=clock)
+    database = sqlite_url.removeprefix("sqlite:///")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await clock.wait_for_deadline(5.0)
+            blocker = sqlite3.connect(database, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            source.records = [rec("r1", A)]
+            source.poll_now()
+            await clock.wait_all_tasks_blocked()  # the intent waits for the disk
+            assert (hub.statistics().active, agent.dials) == (1, [])
+            clock.advance(5.0)  # the commit takes 5 s
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            await agent.wait_for_dials(1)
+            hub.stop()
+    # A restart seeds its limiter from this time: it must be when the dial started.
+    [(dialed_at,)] = await fetch(sqlite_url, "SELECT dialed_at FROM attempts")
+    start = datetime.fromisoformat(str(dialed_at)).replace(tzinfo=UTC)
+    assert start == ManualClock().now() + timedelta(seconds=5)
