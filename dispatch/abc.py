@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeAlias
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 import anyio.to_thread
 
 from .record import Record
+
+if TYPE_CHECKING:
+    from .results import ResultAction
+    from .rules.gate import CallingRules
 
 __all__ = [
     "Agent",
     "AgentContext",
     "Call",
     "CallEnd",
+    "CallResult",
     "CallbackName",
     "CallbackResult",
     "DialRequest",
@@ -77,7 +83,9 @@ class Malformed:
 PollItem: TypeAlias = Record | Removed | Malformed
 PollResult: TypeAlias = Awaitable[Iterable[PollItem]] | AsyncIterator[PollItem]
 CallbackResult: TypeAlias = Awaitable[None] | None
-CallbackName: TypeAlias = Literal["on_dispatched", "on_completed", "on_failed", "on_skipped"]
+CallbackName: TypeAlias = Literal[
+    "on_dispatched", "on_result", "on_completed", "on_failed", "on_skipped"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +113,7 @@ class AgentContext:
 class Strategy(ABC):
     """A source of records and the receiver of their outcomes.
 
-    Subclass it and implement :meth:`poll`. The four callbacks are no-ops by default; override
+    Subclass it and implement :meth:`poll`. The five callbacks are no-ops by default; override
     them in a subclass or assign a function on an instance (``csv.on_completed = fn``), sync or
     async either way. Callbacks run outside the dialing path (a sync one in a worker thread):
     a slow, blocking or raising callback is logged and never blocks or stops dialing. They are
@@ -124,6 +132,16 @@ class Strategy(ABC):
     yielded again replaces the queued version if it is not dialed yet (a fixed phone is used),
     a record skipped for its content (``invalid_phone``, ``malformed``) is looked at again, and
     :class:`Removed` drops a queued record."""
+
+    result_actions: Sequence[ResultAction] = ()
+    """What the callee's answers drive (:class:`~dispatch.results.ResultAction`): the first
+    rule a result matches decides, e.g. an ``opt_out`` status adds the number to the
+    do-not-call list, a ``reschedule`` with a time calls back then. Default: nothing more."""
+
+    calling_rules: CallingRules | None = None
+    """When this strategy's records may be dialed (:class:`~dispatch.rules.gate.CallingRules`:
+    a rule pack of calling hours in the callee's local time, per-number caps, a campaign
+    schedule). Default: whenever the hub may dial, under the hub's own caps."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or type(self).__name__
@@ -169,7 +187,7 @@ class Strategy(ABC):
         if self._context is not None:
             self._context.poll_now()
 
-    async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
+    async def deliver(self, callback: CallbackName, record: Record, *args: Any) -> None:
         """How the hub hands an outcome to this strategy: calls the named callback (looked up
         at delivery time, so ``strategy.on_completed = fn`` works).
 
@@ -204,6 +222,12 @@ class Strategy(ABC):
         ``no_answer``, ``failed`` ...), or its outcome is unknown (``unknown: ...``)."""
         return None
 
+    def on_result(self, record: Record, call_id: str, result: CallResult) -> CallbackResult:
+        """The callee's answer: a result tool's call during the call ``call_id``. Delivered
+        once per result, in the order they were made, before ``on_completed`` (committed in
+        the same transaction as the outcome)."""
+        return None
+
     def on_skipped(self, record: Record, reason: str) -> CallbackResult:
         """Admission refused the record (``invalid_phone``, ``expired`` ...); never dialed."""
         return None
@@ -222,14 +246,40 @@ class DialRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     prompt_vars: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    detect_turn_end: bool | None = None  # None: the agent's default
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What the callee answered: one call of a result tool by the agent's model during the call
+    (``confirm_appointment {"status": "confirmed"}``), with the time it was made. ``arguments``
+    matched the tool's schema (an agent answers the model with an error otherwise)."""
+
+    tool: str
+    arguments: Mapping[str, Any]
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tool": self.tool, "arguments": dict(self.arguments), "at": self.at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CallResult:
+        return cls(str(data["tool"]), dict(data["arguments"]), datetime.fromisoformat(data["at"]))
 
 
 @dataclass(frozen=True, slots=True)
 class CallEnd:
-    """How a connected call ended: the platform's ``reason`` and the duration in seconds."""
+    """How a connected call ended: the platform's ``reason``, the duration in seconds, the
+    results the agent's result tools captured (in the order they were made), the transcript
+    as the platform sent it (a list of messages, e.g. ``{"role": ..., "content": ...}``), and
+    when the call started and ended (UTC) if the platform said."""
 
     reason: str
     duration: float | None = None
+    results: tuple[CallResult, ...] = ()
+    transcript: tuple[Mapping[str, Any], ...] = ()
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 class Call(ABC):
@@ -258,6 +308,7 @@ class LateOutcome:
     started: bool
     reason: str | None = None
     duration: float | None = None
+    end: CallEnd | None = None  # the whole end (results, transcript), once it ended
 
 
 class Agent(ABC):

@@ -1,26 +1,37 @@
 """PinecallAgent: calls through the Pinecall platform (the SDK 0.14 socket protocol).
 
-One WebSocket to ``{url}/client``: ``connect`` with the API key, ``connected``, then
-``agent.create`` with the agent's configuration and a ``channel.add`` per phone number; dials
-go out only once the platform has answered ``agent.created`` (or ``agent.resumed``).
+One WebSocket to ``{url}/client``: ``connect`` with the API key, ``connected`` (an
+``authenticated`` frame before it is skipped, as the SDK does), then ``agent.create`` with the
+agent's configuration, its prompt ``vars`` and its result ``tools``, and a ``channel.add`` per
+phone number; dials go out only once the platform has answered ``agent.created`` (or
+``agent.resumed``). ``docs/pinecall.md`` has the frames, and the SDK sources behind each.
 
 What the TypeScript SDK gets wrong and this adapter does not (shared/pinecall-wire.md, A10/D2):
 
 * Each dial carries our own ``dispatch_id`` in ``metadata``. Platform events are matched to a
   dial by call id, then by the echoed ``dispatch_id``, then by destination number (the hub
   never has two dials to one number in flight); an event no dial owns is ignored, never
-  taken for another dial's.
-* No answer from the platform within ``dial_timeout`` is *unknown*, not failed
-  (:class:`~dispatch.errors.DialUnknown`: never retried); a late ``call.started`` /
-  ``call.ended`` for it is still reported through :meth:`Agent.report_late`.
+  taken for another dial's. Agent ids are compared the way the server slugifies them.
+* An ``error`` frame naming a call id concerns that call only. One naming none cannot be pinned
+  on a dial: the dial it may refuse could already be ringing, so it makes at most one dial's
+  outcome *unknown* (:class:`~dispatch.errors.DialUnknown`), never a retryable rejection.
+* No answer from the platform within ``dial_timeout`` is *unknown*, not failed (never
+  retried); a late ``call.started`` / ``call.ended`` for it is still reported through
+  :meth:`Agent.report_late`.
 * A dial is sent once, on the connection that is up, or not at all. If that connection
   drops, the dial or call is *interrupted* (:class:`~dispatch.errors.DialInterrupted`); it
-  is never re-sent after the reconnect.
+  is never re-sent after the reconnect. A dial whose caller id is missing, unregistered or
+  taken by another agent (``PHONE_IN_USE``) is refused before anything is sent.
 * A ``ping`` every ``ping_interval``; a socket with no ``pong`` for ``pong_timeout`` is
   declared dead (half-open) and replaced. Reconnects back off 1 s, 2 s, 4 s ... up to 30 s with
   0-25 % jitter, and re-register the agent each time.
 * A refused API key or a ``displaced`` agent is fatal (:class:`PinecallFatal`), as are
   registration errors that cannot clear; the hub stops and the daemon exits non-zero.
+
+Result tools: the model's ``llm.tool_call`` frames are answered at once with
+``llm.tool_result`` (once per message id, however often the server repeats it); arguments that
+match the tool's schema become :class:`~dispatch.abc.CallResult` s on the call's
+:class:`~dispatch.abc.CallEnd`, anything else gets an error result the model can act on.
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import anyio
@@ -38,18 +51,19 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ..abc import Agent, AgentContext, Call, CallEnd, DialRequest, LateOutcome
+from ..abc import Agent, AgentContext, Call, CallEnd, CallResult, DialRequest, LateOutcome
 from ..clock import Clock, SystemClock, wait_for
 from ..errors import DialInterrupted, DialRejected, DialUnknown, DispatchError
+from ..results import ResultTool
 
-__all__ = ["PinecallAgent", "PinecallCall", "PinecallFatal", "normalize_reason"]
+__all__ = ["PinecallAgent", "PinecallCall", "PinecallFatal", "normalize_reason", "slugify"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "wss://voice.pinecall.io"
-_REJECTED = {"busy", "no_answer", "failed", "canceled"}
 _RETRY_REGISTRATION = {"AGENT_IN_USE", "AGENT_CONFLICT"}
 _FATAL_REGISTRATION = {"AGENT_CONFLICT_FATAL", "REGISTRATION_ERROR"}
+_REMEMBERED = 256  # call ids of other calls, and call errors waiting for their call.dialing
 
 
 class PinecallFatal(DispatchError):
@@ -65,23 +79,40 @@ def normalize_reason(reason: object) -> str:
     return str(reason or "unknown").strip().lower().replace("-", "_").replace(" ", "_")
 
 
+def slugify(value: str) -> str:
+    """An agent id as the server stores it: lower case, underscores and spaces become hyphens,
+    anything else but ``a-z0-9-`` dropped, hyphens collapsed and trimmed (``Dialer_Bot`` is
+    ``dialer-bot``; SDK ``src/protocol/id-resolver.ts``)."""
+    slug = re.sub(r"[_\s]+", "-", value.strip().lower())
+    slug = re.sub(r"[^a-z0-9-]", "", slug)
+    return re.sub(r"-+", "-", slug).strip("-")
+
+
 @dataclass(eq=False, slots=True)
 class _Dial:
     request: DialRequest
     connection: int
     call_id: str | None = None
     started: bool = False
-    abandoned: bool = False  # dial() gave up waiting (timeout): late events are reconciled
+    abandoned: bool = False  # dial() gave up waiting (timeout, unknown): late news reconciled
     abandoned_at: float = 0.0
     settled: anyio.Event = field(default_factory=anyio.Event)
     rejection: str | None = None
+    unknown: str | None = None  # why its outcome cannot be known (an unattributable error)
     lost: bool = False
     ended: anyio.Event = field(default_factory=anyio.Event)
     end: CallEnd | None = None
+    results: list[CallResult] = field(default_factory=list)
+    answered: set[str] = field(default_factory=set)  # tool-call message ids already answered
 
     def reject(self, reason: str) -> None:
-        if not self.settled.is_set():
+        if self.rejection is None:
             self.rejection = reason
+            self.settled.set()
+
+    def make_unknown(self, why: str) -> None:
+        if self.unknown is None:
+            self.unknown = why
             self.settled.set()
 
 
@@ -103,7 +134,10 @@ class PinecallCall(Call):
 class PinecallAgent(Agent):
     """Places calls through Pinecall. ``config`` is the agent's configuration as the platform
     takes it in ``agent.create`` (``voice``, ``language``, ``stt``, ``llm``, ``prompt`` ...);
-    ``phone_numbers`` are registered as phone channels, the first is the default caller id.
+    ``vars`` are the prompt's default ``{{vars}}`` (a dial's ``prompt_vars`` override them for
+    its call); ``tools`` are the result tools the model may call; ``detect_turn_end`` is the
+    default of that dial option (None: not sent). ``phone_numbers`` are registered as phone
+    channels and are the only caller ids a dial may use; the first usable one is the default.
 
     :meth:`on` registers extra handlers for any platform event (``fn(frame)``, sync).
     """
@@ -116,6 +150,9 @@ class PinecallAgent(Agent):
         url: str = DEFAULT_URL,
         phone_numbers: Sequence[str] = (),
         config: Mapping[str, Any] | None = None,
+        tools: Sequence[ResultTool] = (),
+        vars: Mapping[str, Any] | None = None,
+        detect_turn_end: bool | None = None,
         dial_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         ping_interval: float = 30.0,
@@ -132,6 +169,11 @@ class PinecallAgent(Agent):
         self.url = url.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
         self.phone_numbers = list(phone_numbers)
         self.config = dict(config or {})
+        self.tools = {tool.name: tool for tool in tools}
+        if len(self.tools) != len(tools):
+            raise ValueError("PinecallAgent: two result tools have the same name")
+        self.vars = dict(vars or {})
+        self.detect_turn_end = detect_turn_end
         self.dial_timeout = dial_timeout
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
@@ -140,11 +182,15 @@ class PinecallAgent(Agent):
         self.reconnect_max = reconnect_max
         self.late_window = late_window
         self.clock = clock or SystemClock()
+        self._slug = slugify(agent_id)
         self._handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self._ws: ClientConnection | None = None
         self._connection = 0  # number of the current connection (0: none yet)
         self._ready: anyio.Event | None = None
         self._dials: list[_Dial] = []  # pending, live and abandoned dials, oldest first
+        self._in_use: set[str] = set()  # caller ids the platform said another agent holds
+        self._known: dict[str, None] = {}  # call ids accounted for: others', ours that ended
+        self._orphans: dict[str, dict[str, Any]] = {}  # call.error frames for unknown call ids
         self._stack: AsyncExitStack | None = None
         self._last_pong = 0.0
 
@@ -199,32 +245,55 @@ class PinecallAgent(Agent):
         ws = self._ws
         if not ready.is_set() or ws is None:
             raise DialRejected("not_connected")
+        frame = self._dial_frame(request, self._caller(request))
         dial = _Dial(request, self._connection)
         self._dials.append(dial)
-        frame = self._dial_frame(request)
         deadline = self.clock.monotonic() + self.dial_timeout
         try:
             await ws.send(json.dumps(frame))
         except ConnectionClosed:
             self._forget(dial)
             raise DialInterrupted("connection to Pinecall lost while sending the dial") from None
-        try:
-            await self._wait_settled(dial, deadline)
-        except TimeoutError:
-            dial.abandoned = True
-            dial.abandoned_at = self.clock.monotonic()
-            raise DialUnknown(
-                f"no answer from Pinecall within {self.dial_timeout:g}s (the phone may ring)"
-            ) from None
+        settled = await wait_for(dial.settled, deadline, self.clock)
+        # From here to the return nothing awaits: whatever the platform said before this
+        # point is in `dial`, and whatever it says after finds the dial abandoned (reported
+        # late), so no news is lost between the two.
         if dial.lost:  # kept (abandoned) in case the platform reports it after a reconnect
             raise DialInterrupted("connection to Pinecall lost during the dial")
+        if dial.started:  # even after an unattributable error: the call is what counts
+            return PinecallCall(dial)
         if dial.rejection is not None:
             self._forget(dial)
             raise DialRejected(dial.rejection)
-        return PinecallCall(dial)
+        self._abandon(dial)
+        if settled and dial.unknown is not None:
+            raise DialUnknown(dial.unknown)
+        raise DialUnknown(
+            f"no answer from Pinecall within {self.dial_timeout:g}s (the phone may ring)"
+        )
 
-    def _dial_frame(self, request: DialRequest) -> dict[str, Any]:
-        caller = request.from_ or (self.phone_numbers[0] if self.phone_numbers else None)
+    def _caller(self, request: DialRequest) -> str:
+        """The caller id of ``request``, or DialRejected (nothing sent): the platform rings
+        only from a number registered to this agent, so a retry cannot fix any of these."""
+        usable = [phone for phone in self.phone_numbers if phone not in self._in_use]
+        if request.from_:
+            if request.from_ in usable:
+                return request.from_
+            reason = "caller_id_in_use" if request.from_ in self._in_use else "unknown_caller_id"
+        elif usable:
+            return usable[0]
+        else:
+            reason = "caller_id_in_use" if self.phone_numbers else "no_caller_id"
+        logger.error(
+            "pinecall.dial_refused dispatch_id=%s reason=%s from=%s registered=%s (nothing sent)",
+            request.dispatch_id,
+            reason,
+            request.from_,
+            ",".join(self.phone_numbers) or "none",
+        )
+        raise DialRejected(reason)
+
+    def _dial_frame(self, request: DialRequest, caller: str) -> dict[str, Any]:
         frame: dict[str, Any] = {
             "event": "call.dial",
             "agent_id": self.agent_id,
@@ -234,20 +303,23 @@ class PinecallAgent(Agent):
         }
         if request.greeting:
             frame["greeting"] = request.greeting
-        config = dict(request.config)
-        if request.prompt_vars:  # the agent's prompt variables, per call
-            config["vars"] = {**config.get("vars", {}), **request.prompt_vars}
-        if config:
-            frame["config"] = config
+        if request.config:  # prompt vars do not go here: history.set_vars once it started
+            frame["config"] = dict(request.config)
+        detect = request.detect_turn_end
+        if detect is None:
+            detect = self.detect_turn_end
+        if detect is not None:
+            frame["detect_turn_end"] = detect
         return frame
 
-    async def _wait_settled(self, dial: _Dial, deadline: float) -> None:
-        if not await wait_for(dial.settled, deadline, self.clock):
-            raise TimeoutError
+    def _abandon(self, dial: _Dial) -> None:
+        dial.abandoned = True
+        dial.abandoned_at = self.clock.monotonic()
 
     def _forget(self, dial: _Dial) -> None:
         if dial in self._dials:
             self._dials.remove(dial)
+        self._remember(dial.call_id)  # a repeated event for it must not find another dial
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -300,6 +372,8 @@ class PinecallAgent(Agent):
             await ws.send(json.dumps({"event": "connect", "api_key": self._api_key}))
             try:
                 frame = await _recv(ws)
+                while frame.get("event") == "authenticated":  # the SDK ignores it too
+                    frame = await _recv(ws)
             except ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in (1008, 4001, 4003):
                     raise PinecallFatal(
@@ -317,12 +391,21 @@ class PinecallAgent(Agent):
         assert self._ready is not None
         self._ready.set()
 
+    def _create_frame(self) -> dict[str, Any]:
+        """``agent.create``: the config, then ``vars`` (the prompt's defaults) and ``tools`` in
+        the OpenAI function shape the SDK sends (``src/tool.ts`` ``_toWire``)."""
+        frame: dict[str, Any] = {"event": "agent.create", "agent_id": self.agent_id, **self.config}
+        if self.vars:
+            frame["vars"] = {**frame.get("vars", {}), **self.vars}
+        if self.tools:
+            specs = [{"type": "function", "function": t.spec()} for t in self.tools.values()]
+            frame["tools"] = [*frame.get("tools", []), *specs]
+        return frame
+
     async def _register(self, ws: ClientConnection) -> None:
         waited = 0.0
         while True:
-            await ws.send(
-                json.dumps({"event": "agent.create", "agent_id": self.agent_id, **self.config})
-            )
+            await ws.send(json.dumps(self._create_frame()))
             with anyio.fail_after(self.connect_timeout):
                 frame = await _recv(ws)
                 while frame.get("event") not in ("agent.created", "agent.resumed", "error"):
@@ -348,16 +431,10 @@ class PinecallAgent(Agent):
                 raise _ConnectionLost(message)
             raise PinecallFatal(f"registration of agent {self.agent_id} refused ({message})")
         for phone in self.phone_numbers:
-            await ws.send(
-                json.dumps(
-                    {
-                        "event": "channel.add",
-                        "agent_id": self.agent_id,
-                        "type": "phone",
-                        "ref": phone,
-                    }
-                )
-            )
+            if phone in self._in_use:
+                continue  # another agent holds it: the platform refused it once already
+            channel = {"event": "channel.add", "agent_id": self.agent_id, "type": "phone"}
+            await ws.send(json.dumps({**channel, "ref": phone}))
 
     async def _serve(self, ws: ClientConnection) -> None:
         try:
@@ -416,8 +493,8 @@ class PinecallAgent(Agent):
         for dial in self._dials:
             if dial.connection != self._connection or dial.abandoned:
                 continue
-            dial.lost = dial.abandoned = True
-            dial.abandoned_at = self.clock.monotonic()
+            dial.lost = True
+            self._abandon(dial)
             dial.settled.set()
             dial.ended.set()
 
@@ -430,27 +507,52 @@ class PinecallAgent(Agent):
                 handler(frame)
             except Exception:
                 logger.exception("pinecall.handler_failed event=%s", event)
+        if not self._ours(frame.get("agent_id")):
+            logger.debug("pinecall.other_agent event=%s agent=%s", event, frame.get("agent_id"))
+            return
         if event == "ping":
             await ws.send(json.dumps({"event": "pong"}))
         elif event == "pong":
             self._last_pong = self.clock.monotonic()
         elif event == "call.dialing":
             dial = self._owner(frame)
-            if dial is not None and dial.call_id is None:
-                dial.call_id = str(frame.get("call_id"))
+            if dial is None:
+                self._remember(frame.get("call_id"))
+            elif dial.call_id is None and frame.get("call_id"):
+                self._bind(dial, str(frame["call_id"]))
         elif event == "call.started":
-            self._started(frame)
+            if (dial := self._started(frame)) is not None and dial.request.prompt_vars:
+                await self._set_vars(ws, dial)
         elif event == "call.ended":
             self._ended(frame)
         elif event == "call.error":
-            dial = self._owner(frame, by_destination=False)
-            if dial is not None:
-                reason = normalize_reason(frame.get("code") or "call_error")
-                self._finish(dial, None, f"call_error: {frame.get('error') or reason}", 0.0)
+            self._call_error(frame)
+        elif event == "llm.tool_call":
+            await self._tool_call(ws, frame)
         elif event == "error":
             self._error(frame)
+        elif event == "history.updated" and frame.get("error"):
+            logger.warning(
+                "pinecall.set_vars_refused call_id=%s error=%s",
+                frame.get("call_id"),
+                frame.get("error"),
+            )
+        elif event == "session.timeout":
+            logger.info(
+                "pinecall.session_timeout call_id=%s reason=%s",
+                frame.get("call_id"),
+                frame.get("reason"),
+            )
         elif event == "agent.displaced":
             raise PinecallFatal(f"agent {self.agent_id} displaced: {frame.get('reason')}")
+
+    def _ours(self, agent_id: object) -> bool:
+        """Whether a frame's ``agent_id`` (absent, ``slug`` or ``org_id:slug``, slugified by
+        the server) names this agent."""
+        if not agent_id:
+            return True
+        candidate = str(agent_id).rsplit(":", 1)[-1]
+        return candidate == self.agent_id or slugify(candidate) == self._slug
 
     def _owner(self, frame: dict[str, Any], *, by_destination: bool = True) -> _Dial | None:
         """The dial an event belongs to: by call id, then echoed dispatch_id, then number."""
@@ -464,6 +566,8 @@ class PinecallAgent(Agent):
             for dial in self._dials:
                 if dial.request.dispatch_id == metadata["dispatch_id"]:
                     return dial
+        if call_id is not None and str(call_id) in self._known:
+            return None  # a repeat for a call that ended, or another client's call
         if by_destination and frame.get("to"):
             for dial in self._dials:
                 if dial.request.to == frame["to"] and (
@@ -472,69 +576,234 @@ class PinecallAgent(Agent):
                     return dial
         return None
 
-    def _started(self, frame: dict[str, Any]) -> None:
+    def _by_call_id(self, call_id: object) -> _Dial | None:
+        return next((d for d in self._dials if call_id and d.call_id == call_id), None)
+
+    def _bind(self, dial: _Dial, call_id: str) -> None:
+        """``call_id`` is the dial's: a ``call.error`` for it that came first applies now."""
+        dial.call_id = call_id
+        if (early := self._orphans.pop(call_id, None)) is not None:
+            self._call_error(early)
+
+    def _remember(self, call_id: object) -> None:
+        if call_id:
+            self._known[str(call_id)] = None
+            while len(self._known) > _REMEMBERED:
+                del self._known[next(iter(self._known))]
+
+    def _started(self, frame: dict[str, Any]) -> _Dial | None:
+        """The dial that has just started, if the frame starts one."""
         dial = self._owner(frame)
-        if dial is None or dial.started:
-            return  # another client's call, or a duplicate
+        if dial is None:
+            self._remember(frame.get("call_id"))  # an inbound call, another client's
+            return None
+        if dial.started:
+            return None  # a duplicate
         dial.call_id = str(frame.get("call_id") or dial.call_id)
         dial.started = True
         if dial.abandoned:
             self._late(dial)
         dial.settled.set()
+        return dial
+
+    async def _set_vars(self, ws: ClientConnection, dial: _Dial) -> None:
+        """The dial's prompt variables, for its call only: the SDK's ``call.setPromptVars``
+        (``src/domain/call-requests.ts``), acknowledged by ``history.updated``."""
+        frame = {
+            "event": "history.set_vars",
+            "call_id": dial.call_id,
+            "request_id": f"vars-{dial.request.dispatch_id}",
+            "vars": dict(dial.request.prompt_vars),
+        }
+        await ws.send(json.dumps(frame))
 
     def _ended(self, frame: dict[str, Any]) -> None:
         dial = self._owner(frame)
         if dial is None:
             return
         reason = normalize_reason(frame.get("reason"))
-        duration = frame.get("duration_seconds")
         self._finish(
-            dial, frame.get("call_id"), reason, float(duration) if duration is not None else None
+            dial, frame.get("call_id"), reason, _seconds(frame.get("duration_seconds")), frame
         )
 
-    def _finish(self, dial: _Dial, call_id: object, reason: str, duration: float | None) -> None:
+    def _call_error(self, frame: dict[str, Any]) -> None:
+        dial = self._owner(frame, by_destination=False)
+        call_id = frame.get("call_id")
+        if dial is None and call_id is not None and str(call_id) not in self._known:
+            # Before its call.dialing (or with none at all): it can only be meant for a dial
+            # whose call id we do not know yet. If there is exactly one, it is that one's.
+            unheard = [d for d in self._dials if d.call_id is None and not d.started]
+            if len(unheard) == 1:
+                dial = unheard[0]
+            else:
+                self._orphans[str(call_id)] = frame  # its call.dialing may still come
+                while len(self._orphans) > _REMEMBERED:
+                    del self._orphans[next(iter(self._orphans))]
+        if dial is None:
+            logger.info(
+                "pinecall.call_error_unowned call_id=%s code=%s", call_id, frame.get("code")
+            )
+            return
+        reason = normalize_reason(frame.get("code") or "call_error")
+        self._finish(dial, call_id, f"call_error: {frame.get('error') or reason}", 0.0)
+
+    def _finish(
+        self,
+        dial: _Dial,
+        call_id: object,
+        reason: str,
+        duration: float | None,
+        frame: Mapping[str, Any] | None = None,
+    ) -> None:
         if call_id is not None and dial.call_id is None:
             dial.call_id = str(call_id)
         self._forget(dial)
         if dial.started:
-            dial.end = CallEnd(reason, duration)
+            dial.end = self._end(dial, reason, duration, frame or {})
             dial.ended.set()
             if dial.abandoned:
-                self._late(dial, reason, duration)
+                self._late(dial, reason, duration, dial.end)
         elif dial.abandoned:
             self._late(dial, reason, 0.0)
         else:
             dial.reject(reason)
 
+    def _end(
+        self, dial: _Dial, reason: str, duration: float | None, frame: Mapping[str, Any]
+    ) -> CallEnd:
+        messages = frame.get("messages")
+        transcript = (
+            [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+        )
+        return CallEnd(
+            reason,
+            duration,
+            results=tuple(dial.results),
+            transcript=tuple(transcript),
+            started_at=_epoch(frame.get("started_at")),
+            ended_at=_epoch(frame.get("ended_at")),
+        )
+
     def _error(self, frame: dict[str, Any]) -> None:
-        agent = str(frame.get("agent_id") or "")
-        if agent and agent != self.agent_id and not agent.endswith(f":{self.agent_id}"):
-            return
+        """An ``error`` frame (of this agent, or of none): see ``docs/pinecall.md``."""
         code = str(frame.get("code") or "error")
+        text = frame.get("error") or frame.get("message")
         if code == "PHONE_IN_USE":
-            logger.error(
-                "pinecall.phone_in_use agent=%s phone=%s", self.agent_id, frame.get("phone")
-            )
+            self._phone_in_use(frame.get("phone"))
             return
-        # A refusal names no dial: take it for one only when no other dial could be meant.
-        waiting = [d for d in self._dials if not d.started and not d.abandoned]
-        target = frame.get("to") or frame.get("phone")
-        if target:
-            waiting = [d for d in waiting if d.request.to == target]
-        if len(waiting) == 1:
-            self._forget(waiting[0])
-            waiting[0].reject(normalize_reason(code))
+        call_id = frame.get("call_id")
+        if call_id:  # it belongs to that call, and to no other
+            dial = self._by_call_id(call_id)
+            if dial is not None and not dial.started:  # dialing: refused (late, if given up)
+                self._finish(dial, call_id, normalize_reason(code), 0.0)
+            else:
+                logger.warning(
+                    "pinecall.error call_id=%s code=%s error=%s (%s)",
+                    call_id,
+                    code,
+                    text,
+                    "no dial of ours" if dial is None else "the call goes on",
+                )
+            return
+        # Anonymous. A dial the platform has named (call.dialing) would be named in its error,
+        # so only dials sent on this connection and not heard of since can be meant; and even
+        # the one such dial may be ringing already: its outcome becomes unknown, not rejected.
+        unheard = [
+            d
+            for d in self._dials
+            if d.connection == self._connection and d.call_id is None and not d.started
+        ]
+        pending = [d for d in unheard if not d.abandoned]
+        if len(unheard) == 1 and pending:
+            logger.warning(
+                "pinecall.error_unattributed dispatch_id=%s code=%s error=%s (the one dial not "
+                "heard of yet: its outcome is unknown)",
+                pending[0].request.dispatch_id,
+                code,
+                text,
+            )
+            pending[0].make_unknown(f"Pinecall error {code} naming no call: {text}")
         else:
             logger.warning(
-                "pinecall.error agent=%s code=%s error=%s (no single dial it could refer to)",
+                "pinecall.error agent=%s code=%s error=%s (%d dials it could concern: none "
+                "is touched)",
                 self.agent_id,
                 code,
-                frame.get("error"),
+                text,
+                len(unheard),
             )
 
-    def _late(self, dial: _Dial, reason: str | None = None, duration: float | None = None) -> None:
+    def _phone_in_use(self, phone: object) -> None:
+        if phone not in self.phone_numbers:
+            logger.error("pinecall.phone_in_use agent=%s phone=%s (not ours)", self.agent_id, phone)
+            return
+        self._in_use.add(str(phone))
+        logger.error(
+            "pinecall.phone_in_use agent=%s phone=%s: another agent holds this caller id; "
+            "dials from it are refused until the daemon restarts",
+            self.agent_id,
+            phone,
+        )
+
+    async def _tool_call(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        """Answer one ``llm.tool_call`` (SDK ``src/dispatch/handlers/tool.ts``), once."""
+        call_id = frame.get("call_id")
+        dial = self._by_call_id(call_id)
+        if dial is None:
+            logger.debug("pinecall.tool_call_ignored call_id=%s (no dial of ours)", call_id)
+            return
+        items = frame.get("tool_calls")
+        calls = (
+            [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        )
+        msg_id = str(frame.get("msg_id") or frame.get("message_id") or "")
+        key = msg_id or ",".join(str(item.get("id") or "") for item in calls)
+        if key and key in dial.answered:
+            logger.debug("pinecall.tool_call_repeated call_id=%s msg_id=%s", call_id, msg_id)
+            return
+        dial.answered.add(key)
+        results = [
+            {"tool_call_id": str(item.get("id") or ""), "result": self._result(dial, item)}
+            for item in calls
+        ]
+        answer = {"event": "llm.tool_result", "call_id": call_id, "msg_id": msg_id}
+        await ws.send(json.dumps({**answer, "results": results}))
+
+    def _result(self, dial: _Dial, item: Mapping[str, Any]) -> dict[str, Any]:
+        """What the model is told about one tool call; a valid one is recorded."""
+        function = item.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        name = str(item.get("name") or function.get("name") or "")
+        raw = item.get("arguments")
+        if raw is None:
+            raw = function.get("arguments")
+        tool = self.tools.get(name)
+        error: str | None
+        if tool is None:
+            error = f"unknown tool {name!r}; the tools are: {', '.join(self.tools) or 'none'}"
+        else:
+            error, arguments = _arguments(raw)
+            if error is None:
+                problems = tool.errors(arguments)
+                if not problems:
+                    dial.results.append(CallResult(name, dict(arguments), self.clock.now()))
+                    return {"ok": True}
+                error = f"invalid arguments for {name}: {'; '.join(problems)}"
+        logger.warning(
+            "pinecall.tool_call_invalid call_id=%s tool=%.80s error=%s", dial.call_id, name, error
+        )
+        return {"error": error}
+
+    def _late(
+        self,
+        dial: _Dial,
+        reason: str | None = None,
+        duration: float | None = None,
+        end: CallEnd | None = None,
+    ) -> None:
         outcome = LateOutcome(
-            dial.request.dispatch_id, dial.call_id, dial.started, reason, duration
+            dial.request.dispatch_id, dial.call_id, dial.started, reason, duration, end
         )
         logger.warning(
             "pinecall.late dispatch_id=%s call_id=%s started=%s reason=%s",
@@ -544,6 +813,36 @@ class PinecallAgent(Agent):
             outcome.reason,
         )
         self.report_late(outcome)
+
+
+def _arguments(raw: object) -> tuple[str | None, Any]:
+    """A tool call's arguments: a JSON string (the SDK's shape) or an already decoded object;
+    absent means none. Returns (error, arguments)."""
+    if raw is None:
+        return None, {}
+    if isinstance(raw, str | bytes):
+        try:
+            return None, json.loads(raw)
+        except ValueError as exc:
+            return f"arguments are not valid JSON: {exc}", None
+    return None, raw
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _epoch(value: object) -> datetime | None:
+    """Epoch seconds on the wire, as a UTC datetime; anything else is None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _close_reason(exc: ConnectionClosed) -> str:

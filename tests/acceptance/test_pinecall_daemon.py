@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from dispatch.pinecall_fake import ToolCall
 from dispatch.testing import Answer, FakePinecall
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.anyio]
@@ -73,6 +75,56 @@ async def test_the_daemon_runs_a_small_campaign_through_pinecall(tmp_path: Path)
     assert dials[A]["greeting"] == "Hi Ada"
     assert fake.received("agent.create")[0].frame["prompt"] == "You are Pine."
     assert fake.api_key not in output
+
+
+RESULTS = """
+vars = { company = "Pine Dental" }
+detect_turn_end = true
+[[agent.tools]]
+name = "confirm_appointment"
+description = "Whether the callee keeps the appointment."
+[agent.tools.parameters]
+type = "object"
+required = ["status"]
+[agent.tools.parameters.properties.status]
+enum = ["confirmed", "cancelled"]
+"""
+
+
+async def test_the_daemon_registers_result_tools_and_records_the_callees_answer(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone,name\nr1,{A},Ada\n")
+    toml = config("URL").replace('prompt = "You are Pine."', f'prompt = "You are Pine."{RESULTS}')
+    toml += 'prompt_vars = { name = "{name}" }\n'
+    answers = [
+        ToolCall("confirm_appointment", '{"status": "maybe"}', msg_id="m1"),
+        ToolCall("confirm_appointment", {"status": "confirmed"}, msg_id="m2", times=2),
+    ]
+    script = {A: [Answer(ring=0.01, talk=0.05, tool_calls=answers, messages=[{"role": "user"}])]}
+    async with FakePinecall(script=script) as fake:
+        (tmp_path / "config.toml").write_text(toml.replace("URL", fake.url))
+        code, output = await run_daemon(tmp_path, fake.api_key)
+    assert code == 0, output
+    with sqlite3.connect(tmp_path / "dispatch.db") as db:
+        row = db.execute("SELECT state, call_id, results, transcript FROM attempts").fetchone()
+    state, call_id, results, transcript = row
+    assert state == "completed"
+    assert [(r["tool"], r["arguments"]) for r in json.loads(results)] == [
+        ("confirm_appointment", {"status": "confirmed"})
+    ]
+    assert json.loads(transcript) == [{"role": "user"}]
+    create = fake.received("agent.create")[0].frame
+    assert create["vars"] == {"company": "Pine Dental"}
+    assert [t["function"]["name"] for t in create["tools"]] == ["confirm_appointment"]
+    (dial,) = (r.frame for r in fake.received("call.dial"))
+    assert dial["detect_turn_end"] is True
+    assert "config" not in dial
+    (set_vars,) = (r.frame for r in fake.received("history.set_vars"))
+    assert (set_vars["call_id"], set_vars["vars"]) == (call_id, {"name": "Ada"})
+    assert [r["msg_id"] for r in fake.tool_results] == ["m1", "m2"]
+    assert fake.refusals == []
+    assert "pinecall.tool_call_invalid" in output
 
 
 async def test_a_refused_key_stops_the_daemon_with_a_clear_error(tmp_path: Path) -> None:

@@ -28,14 +28,10 @@ def request(to: str, n: int = 0) -> DialRequest:
 @asynccontextmanager
 async def running(fake: FakePinecall, **options: Any) -> AsyncIterator[PinecallAgent]:
     options.setdefault("clock", fake.clock)
-    agent = PinecallAgent(
-        url=fake.url,
-        api_key=fake.api_key,
-        agent_id="dialer",
-        phone_numbers=[CALLER],
-        config={"voice": "alloy", "language": "en"},
-        **options,
-    )
+    options.setdefault("agent_id", "dialer")
+    options.setdefault("phone_numbers", [CALLER])
+    options.setdefault("config", {"voice": "alloy", "language": "en"})
+    agent = PinecallAgent(url=fake.url, api_key=fake.api_key, **options)
     async with agent:  # open() enters a task group that aclose() leaves: no scope in between
         yield agent
 
@@ -75,6 +71,8 @@ async def drive(clock: ManualClock, horizon: float = 1000) -> None:
 QUIRKS = [
     {},
     {"reorder": True},
+    {"reorder": True, "duplicate": True},
+    {"echo_metadata": True},
     {"echo_metadata": False},
     {"send_dialing": False},
     {"echo_metadata": False, "send_dialing": False},
@@ -145,8 +143,9 @@ async def test_concurrent_dials_each_get_their_own_call_and_reason(quirks: dict[
     )
 
 
-async def test_an_error_frame_refuses_the_one_dial_it_can_mean() -> None:
-    async with FakePinecall(script={PHONES[0]: ["error"]}) as fake, running(fake) as agent:
+async def test_an_error_frame_naming_the_call_refuses_its_dial() -> None:
+    script = {PHONES[0]: ["error-with-call-id"]}
+    async with FakePinecall(script=script) as fake, running(fake) as agent:
         with pytest.raises(DialRejected, match="dial_refused"), anyio.fail_after(5):
             await agent.dial(request(PHONES[0]))
 
@@ -301,7 +300,12 @@ async def test_a_call_cut_off_by_a_drop_is_reconciled_when_reported_after_reconn
     source = ListStrategy([rec("r1", PHONES[0])])
     async with FakePinecall(script=script, clock=clock) as fake:
         agent = PinecallAgent(
-            url=fake.url, api_key=fake.api_key, agent_id="dialer", clock=clock, ping_interval=1000
+            url=fake.url,
+            api_key=fake.api_key,
+            agent_id="dialer",
+            phone_numbers=[CALLER],
+            clock=clock,
+            ping_interval=1000,
         )
         hub = DispatchHub(
             agent=agent, strategies=[source], store=sqlite_url, clock=clock, poll_interval=1000
