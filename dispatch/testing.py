@@ -223,8 +223,10 @@ class ScriptedCall(Call):
         self._ended = anyio.Event()
         self._end: CallEnd | BaseException = CallEnd("hangup", 0.0)
 
-    def end(self, reason: str = "hangup", duration: float = 1.0) -> None:
-        self._finish(CallEnd(reason, duration))
+    def end(self, reason: str | CallEnd = "hangup", duration: float = 1.0) -> None:
+        """End the call with ``reason`` and ``duration``, or with a whole :class:`CallEnd`
+        (results, transcript)."""
+        self._finish(reason if isinstance(reason, CallEnd) else CallEnd(reason, duration))
 
     def drop(self, error: BaseException) -> None:
         """End the wait with ``error`` (e.g. ``DialUnknown("disconnected")``)."""
@@ -252,7 +254,8 @@ class ScriptedAgent(Agent):
     dials past the end of their list) get ``default``. Outcomes: ``"answer"``, ``"busy"``,
     ``"no_answer"``, ``"failed"``, ``"canceled"`` (rejections), ``"interrupted"`` (raises
     :class:`DialInterrupted`: the connection dropped), ``"unknown"`` (raises
-    :class:`DialUnknown`) and ``"error"`` (raises ``RuntimeError``, an agent bug).
+    :class:`DialUnknown`) and ``"error"`` (raises ``RuntimeError``, an agent bug). A
+    :class:`~dispatch.abc.CallEnd` is an answered call that ends that way (with its results).
 
     Answered calls end at once when ``auto_end`` is true, else when the test calls
     :meth:`ScriptedCall.end` (find them in :attr:`live`). ``on_dial`` runs inside every dial,
@@ -261,7 +264,7 @@ class ScriptedAgent(Agent):
 
     def __init__(
         self,
-        script: Mapping[str, Iterable[str]] | None = None,
+        script: Mapping[str, Iterable[str | CallEnd]] | None = None,
         *,
         default: str = "answer",
         auto_end: bool = True,
@@ -302,6 +305,9 @@ class ScriptedAgent(Agent):
             queue = self._script.get(request.to)
             outcome = queue.popleft() if queue else self.default
             await anyio.lowlevel.checkpoint()
+            ending = outcome if isinstance(outcome, CallEnd) else None
+            if ending is not None:
+                outcome = "answer"
             if outcome in REJECTIONS:
                 raise DialRejected(outcome)
             if outcome == "interrupted":
@@ -319,7 +325,7 @@ class ScriptedAgent(Agent):
         self.live[call.id] = call
         self._signal.notify()
         if self.auto_end:
-            call.end()
+            call.end(ending or "hangup")
         return call
 
     def dials_to(self, phone: str) -> int:

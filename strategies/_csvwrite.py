@@ -94,7 +94,12 @@ class _Coalescer:
 
 
 class FileWriteBack(_Coalescer):
-    """Merges outcome cells into the CSV at ``path``, found by record id (``row_id``)."""
+    """Merges outcome cells into the CSV at ``path``, found by record id (``row_id``).
+
+    With ``source``, ``path`` is a working copy of ``source`` that only we write: each write
+    takes the source's rows as they are now, with the cells written into the copy so far and
+    the new ones, so the copy follows the operator's edits and the source is never touched.
+    """
 
     def __init__(
         self,
@@ -104,6 +109,7 @@ class FileWriteBack(_Coalescer):
         *,
         encoding: str,
         delimiter: str | None,
+        source: Path | None = None,
     ) -> None:
         super().__init__()
         self.path = path
@@ -111,8 +117,12 @@ class FileWriteBack(_Coalescer):
         self.row_id = row_id
         self.encoding = encoding
         self.delimiter = delimiter
+        self.source = source
 
     def _write(self, cells: dict[str, dict[str, str]]) -> None:
+        if self.source is not None:
+            self._write_copy(cells)
+            return
         for _ in range(self.spec.attempts):
             with open(self.path, "rb") as f:
                 before = FileStamp.of(os.fstat(f.fileno()))
@@ -130,6 +140,52 @@ class FileWriteBack(_Coalescer):
                 return
             logger.info("csv.write_back_retry path=%s (the file changed while merging)", self.path)
         raise WriteBackError(f"{self.path} kept changing over {self.spec.attempts} attempts")
+
+    def _write_copy(self, cells: dict[str, dict[str, str]]) -> None:
+        assert self.source is not None
+        try:
+            with open(self.path, "rb") as f:
+                before: FileStamp | None = FileStamp.of(os.fstat(f.fileno()))
+                written = self._cells_of(f.read())
+        except FileNotFoundError:
+            before, written = None, {}
+        for record_id, new in cells.items():
+            written.setdefault(record_id, {}).update(new)
+        with open(self.source, "rb") as f:
+            data = f.read()
+        merged, missing = self._merge(data, written)
+        if missing & set(cells):
+            logger.warning(
+                "csv.write_back_unmatched path=%s records=%s (no row with that id)",
+                self.source,
+                ",".join(sorted(missing & set(cells))),
+            )
+        if merged is not None and not self._replace(merged, before):
+            raise WriteBackError(f"{self.path} was changed by someone else while we wrote it")
+
+    def _cells_of(self, data: bytes) -> dict[str, dict[str, str]]:
+        """Our cells in a working copy, by record id."""
+        text = data.removeprefix(_BOM).decode(self.encoding, errors="surrogateescape")
+        delimiter = self.delimiter or sniff_delimiter(text)
+        rows, lines = _split(text, delimiter, None)
+        head = next((i for i, r in enumerate(rows) if any(f.strip() for f in r)), None)
+        if head is None:
+            return {}
+        keys = [header_key(h) for h in rows[head]]
+        ours = [(header_key(c), c) for c in self.spec.columns()]
+        found: dict[str, dict[str, str]] = {}
+        for number in range(head + 1, len(rows)):
+            row = dict(zip(keys, (f.strip() for f in rows[number]), strict=False))
+            try:
+                record_id = self.row_id(row, lines[number - 1] + 1)
+            except Exception:
+                continue
+            if record_id is not None:
+                # Written back as read: neutralize() leaves a neutralised cell as it is.
+                values = {c: row[k] for k, c in ours if row.get(k)}
+                if values:
+                    found[record_id] = values
+        return found
 
     def _merge(
         self, data: bytes, cells: dict[str, dict[str, str]]
@@ -198,8 +254,9 @@ class FileWriteBack(_Coalescer):
             parts.append(piece.encode(self.encoding, "surrogateescape"))
         return parts
 
-    def _replace(self, content: list[bytes], before: FileStamp) -> bool:
-        """Atomically put ``content`` in place of the file, unless it changed since ``before``."""
+    def _replace(self, content: list[bytes], before: FileStamp | None) -> bool:
+        """Atomically put ``content`` in place of the file, unless it changed since ``before``
+        (None: the file did not exist)."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.dispatch-tmp")
         try:
             with open(tmp, "wb") as f:
@@ -209,11 +266,14 @@ class FileWriteBack(_Coalescer):
             try:
                 now = os.stat(self.path)
             except FileNotFoundError:
-                return False  # mid-save by someone else: read again
-            if FileStamp.of(now) != before:
-                return False
-            os.chmod(tmp, now.st_mode & 0o7777)
-            os.replace(tmp, self.path)
+                if before is not None:
+                    return False  # mid-save by someone else: read again
+                os.replace(tmp, self.path)  # a new working copy
+            else:
+                if before is None or FileStamp.of(now) != before:
+                    return False
+                os.chmod(tmp, now.st_mode & 0o7777)
+                os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(self.path.parent)

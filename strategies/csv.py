@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,7 +29,7 @@ from dispatch.record import Record
 from ._csvfile import Chunk, CsvFile, header_key, release
 from ._csvmap import Bound, Templates
 from ._csvwrite import FileWriteBack, ResultsFile, WriteBackError, neutralize
-from ._writeback import WriteBack, outcome_status
+from ._writeback import WriteBack, outcome_status, result_cells
 
 __all__ = ["CsvStrategy", "RowMapper", "WriteBack", "WriteBackError", "neutralize"]
 
@@ -105,10 +106,18 @@ class CsvStrategy(Strategy):
         self.rescan_interval = rescan_interval
         self.file = CsvFile(self.path, encoding=encoding, delimiter=delimiter, settle=settle)
         self.write_back = write_back
-        self._own_columns = {header_key(c) for c in write_back.columns()} if write_back else set()
+        in_place = write_back is not None and write_back.path is None
+        self._own_columns = (
+            {header_key(c) for c in write_back.columns()} if write_back and in_place else set()
+        )
         self._writer = (
             FileWriteBack(
-                self.path, write_back, self.row_id, encoding=self.file.encoding, delimiter=delimiter
+                self.path.parent / write_back.path if write_back.path else self.path,
+                write_back,
+                self.row_id,
+                encoding=self.file.encoding,
+                delimiter=delimiter,
+                source=None if in_place else self.path,
             )
             if write_back
             else None
@@ -324,18 +333,22 @@ class CsvStrategy(Strategy):
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
+    async def deliver(self, callback: CallbackName, record: Record, *args: Any) -> None:
         if self._writer is not None or self._results is not None:
             status, call_id = outcome_status(callback, args)
             at = datetime.now(UTC).isoformat(timespec="seconds")
             if self._writer is not None:
                 assert self.write_back is not None
-                cells = {self.write_back.status_column: status}
-                if self.write_back.call_id_column and call_id:
-                    cells[self.write_back.call_id_column] = call_id
-                if self.write_back.time_column:
-                    cells[self.write_back.time_column] = at
-                await self._writer.update(record.id, cells)
+                if callback == "on_result":  # the answer's columns; the status stays
+                    cells = result_cells(args[1], self.write_back.result_columns)
+                else:
+                    cells = {self.write_back.status_column: status}
+                    if self.write_back.call_id_column and call_id:
+                        cells[self.write_back.call_id_column] = call_id
+                    if self.write_back.time_column:
+                        cells[self.write_back.time_column] = at
+                if cells:
+                    await self._writer.update(record.id, cells)
             if self._results is not None:
                 event = callback.removeprefix("on_")
                 values = {"event": event, "status": status, "call_id": call_id, "at": at}

@@ -47,7 +47,7 @@ from dispatch.record import Record
 from dispatch.store import with_async_driver
 
 from ._csvmap import Bound, Templates, check_template
-from ._writeback import WriteBack, outcome_status
+from ._writeback import WriteBack, outcome_status, result_cells
 
 __all__ = ["SqlStrategy", "WriteBack"]
 
@@ -325,24 +325,30 @@ class SqlStrategy(Strategy):
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    async def deliver(self, callback: CallbackName, record: Record, *args: str) -> None:
+    async def deliver(self, callback: CallbackName, record: Record, *args: Any) -> None:
         if self.write_back is not None:
             await self._write_back(callback, record, args)
         await super().deliver(callback, record, *args)
 
     async def _write_back(
-        self, callback: CallbackName, record: Record, args: tuple[str, ...]
+        self, callback: CallbackName, record: Record, args: tuple[Any, ...]
     ) -> None:
         assert self.write_back is not None
         view = await self._prepared()
         assert view.key is not None
-        status, call_id = outcome_status(callback, args)
         table, spec = view.table, self.write_back
-        values: dict[str, Any] = {spec.status_column: status}
-        if spec.call_id_column and call_id:
-            values[spec.call_id_column] = call_id
-        if spec.time_column:
-            values[spec.time_column] = self.clock.now()
+        values: dict[str, Any]
+        if callback == "on_result":  # the answer's columns; the status stays
+            values = dict(result_cells(args[1], spec.result_columns))
+            if not values:
+                return
+        else:
+            status, call_id = outcome_status(callback, args)
+            values = {spec.status_column: status}
+            if spec.call_id_column and call_id:
+                values[spec.call_id_column] = call_id
+            if spec.time_column:
+                values[spec.time_column] = self.clock.now()
         try:
             key = _key_value(view.key, record.id)
         except ValueError:

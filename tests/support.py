@@ -7,8 +7,18 @@ from typing import Any
 
 import anyio.from_thread
 
-from dispatch import Backoff, Clock, Heartbeat, Record, Store, Strategy
-from dispatch.testing import Signal
+from dispatch import (
+    Agent,
+    Backoff,
+    CallResult,
+    Clock,
+    DispatchHub,
+    Heartbeat,
+    Record,
+    Store,
+    Strategy,
+)
+from dispatch.testing import ManualClock, Signal
 
 # Far out of the way of what the tests do with their clocks (its sleep is one sleeper more).
 QUIET_HEARTBEAT = Heartbeat(interval=10_000.0, timeout=20_000.0)
@@ -35,6 +45,9 @@ class ListStrategy(Strategy):
 
     def on_dispatched(self, record: Record, call_id: str) -> None:
         self._event("dispatched", record, call_id)
+
+    def on_result(self, record: Record, call_id: str, result: CallResult) -> None:
+        self._event("result", record, call_id, result.tool, dict(result.arguments))
 
     async def on_completed(self, record: Record, call_id: str, reason: str) -> None:
         self._event("completed", record, call_id, reason)
@@ -65,6 +78,15 @@ def store_for(url: str, clock: Clock, **options: Any) -> Store:
     options.setdefault("heartbeat", QUIET_HEARTBEAT)
     options.setdefault("retry", Backoff(initial=0.05, maximum=0.2))
     return Store(url, clock=clock, **options)
+
+
+def hub_for(url: str, agent: Agent, *sources: Strategy, **options: Any) -> DispatchHub:
+    """A hub over ``sources`` on a manual clock (``clock=`` to share one), polling every 5 s."""
+    clock = options.pop("clock", None) or ManualClock()
+    options.setdefault("poll_interval", 5.0)
+    return DispatchHub(
+        agent=agent, strategies=list(sources), store=store_for(url, clock), clock=clock, **options
+    )
 
 
 def notify_from_anywhere(signal: Signal) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
+from ..abc import CallResult
 from ..record import Record
 from .errors import translated
 from .models import outbox
@@ -35,7 +36,8 @@ class Callback:
     args: tuple[Any, ...] = ()
 
     def row(self, at: datetime) -> dict[str, Any]:
-        payload = {"record": self.record.to_json(), "args": self.args}
+        args = [a.to_json() if isinstance(a, CallResult) else a for a in self.args]
+        payload = {"record": self.record.to_json(), "args": args}
         return {
             "strategy": self.strategy,
             "record_id": self.record.id,
@@ -58,7 +60,10 @@ def _callback(row: Any) -> Callback:
     payload = json.loads(row.payload)
     record = Record.from_json(payload["record"])
     name = cast("CallbackName", row.callback)
-    return Callback(row.strategy, name, record, tuple(payload["args"]))
+    args = payload["args"]
+    if name == "on_result":  # (call_id, result)
+        args = [args[0], CallResult.from_json(args[1])]
+    return Callback(row.strategy, name, record, tuple(args))
 
 
 def _heads() -> ColumnElement[bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -105,15 +106,15 @@ def test_run_dials_the_example_campaign_then_a_second_run_dials_nobody(workdir: 
     db = workdir / "dispatch.db"
     states = dict(query(db, "SELECT state, count(*) FROM records GROUP BY state"))
     assert sum(states.values()) == 12
-    assert states["skipped"] == 1  # lead-009 has no valid number
+    assert states["skipped"] == 1  # appt-009 has no valid number
     assert set(states) <= {"completed", "failed", "skipped"}
     assert query(
         db, "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts GROUP BY record_id)"
     ) == [(2,)]
     assert query(db, "SELECT count(*) FROM attempts WHERE state IN ('dialing', 'active')") == [(0,)]
-    assert "dial.start strategy=leads record=lead-001" in first.stdout
+    assert "dial.start strategy=reminders record=appt-001" in first.stdout
     assert "call.ended record=" in first.stdout
-    assert "record.skipped strategy=leads record=lead-009 reason=invalid_phone" in first.stdout
+    assert "record.skipped strategy=reminders record=appt-009 reason=invalid_phone" in first.stdout
     attempts = query(db, "SELECT count(*) FROM attempts")
 
     second = dispatch("run", "-c", "config.toml", "--exit-when-done", cwd=workdir, env=FAST)
@@ -121,6 +122,33 @@ def test_run_dials_the_example_campaign_then_a_second_run_dials_nobody(workdir: 
     assert query(db, "SELECT count(*) FROM attempts") == attempts
     assert "nobody dialed (12 records already handled)" in second.stdout
     assert "dial.start" not in second.stdout
+
+
+def test_the_example_campaign_writes_the_answers_into_a_working_copy(workdir: Path) -> None:
+    source = (workdir / "examples" / "leads.csv").read_bytes()
+    result = dispatch("run", "-c", "config.toml", "--exit-when-done", cwd=workdir, env=FAST)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (workdir / "examples" / "leads.csv").read_bytes() == source  # only read
+    with open(workdir / "leads.results.csv", newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [f"appt-{n:03d}" for n in range(1, 13)]
+    db = workdir / "dispatch.db"
+    completed = {r for (r,) in query(db, "SELECT record_id FROM records WHERE state='completed'")}
+    assert completed, result.stdout
+    for record_id, row in rows.items():
+        if record_id in completed:
+            assert row["Status"] == "completed: hangup"
+            assert row["Appointment"] in {"confirmed", "cancelled", "reschedule"}
+        else:
+            assert row["Appointment"] == ""
+    # The same answers in the ledger and in `dispatch history`.
+    [(results,)] = query(
+        db, "SELECT results FROM attempts WHERE record_id='appt-001' AND results IS NOT NULL"
+    )
+    [answer] = json.loads(results)
+    assert answer["arguments"]["status"] == rows["appt-001"]["Appointment"]
+    history = dispatch("history", "-c", "config.toml", "--record", "appt-001", cwd=workdir)
+    assert f"confirm_appointment(status={answer['arguments']['status']}" in history.stdout
 
 
 def test_an_invalid_configuration_exits_2_naming_the_key(workdir: Path) -> None:
@@ -153,7 +181,7 @@ def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
         # The store can be read while the daemon writes to it.
         live = json.loads(dispatch("status", "-c", "config.toml", "--json", cwd=workdir).stdout)
         assert live["in_flight"] == 3
-        assert live["strategies"]["leads"]["states"]["dialing"] == 3
+        assert live["strategies"]["reminders"]["states"]["dialing"] == 3
         assert daemon.stop() == 0, daemon.output
     db = workdir / "dispatch.db"
     assert query(db, "SELECT state, count(*) FROM attempts GROUP BY state") == [("interrupted", 3)]
@@ -192,17 +220,20 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
     result = dispatch("status", "-c", "config.toml", "--json", cwd=workdir)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["strategies"]["leads"]["states"] == dict(
+    assert report["strategies"]["reminders"]["states"] == dict(
         query(db, "SELECT state, count(*) FROM records GROUP BY state")
     )
-    assert report["strategies"]["leads"]["skipped"] == {"invalid_phone": 1}
+    assert report["strategies"]["reminders"]["skipped"] == {"invalid_phone": 1}
     completed = dict(
         query(db, "SELECT reason, count(*) FROM records WHERE state = 'completed' GROUP BY reason")
     )
-    assert report["strategies"]["leads"]["completed"] == completed
+    assert report["strategies"]["reminders"]["completed"] == completed
     assert report["in_flight"] == 0
     assert report["outbox"] == {"pending": 0, "failing": 0}  # delivered before the exit
-    assert (report["strategies"]["leads"]["pending"], report["strategies"]["leads"]["waiting"]) == (
+    assert (
+        report["strategies"]["reminders"]["pending"],
+        report["strategies"]["reminders"]["waiting"],
+    ) == (
         0,
         0,
     )
@@ -229,12 +260,12 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     attempts = json.loads(result.stdout)
-    assert [a["record_id"] for a in attempts] == ["lead-001"] * len(attempts)
+    assert [a["record_id"] for a in attempts] == ["appt-001"] * len(attempts)
     assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
     assert attempts[-1]["dialed_at"].endswith("+00:00")
 
-    by_record = dispatch("history", "-c", "config.toml", "--record", "lead-001", cwd=workdir)
-    assert "lead-001" in by_record.stdout
+    by_record = dispatch("history", "-c", "config.toml", "--record", "appt-001", cwd=workdir)
+    assert "appt-001" in by_record.stdout
     assert (
         dispatch("history", "-c", "config.toml", "--record", "nobody", cwd=workdir).stdout
         == "no attempts\n"
@@ -273,5 +304,5 @@ def test_check_dry_runs_the_example_setup(workdir: Path) -> None:
     assert [(p["name"], p["ok"]) for p in report["parts"]] == [("store", True), ("agent", True)]
     [leads] = report["strategies"]
     assert leads["counts"] == {"dial": 11, "skip": 1}
-    assert leads["samples"][8][:2] == ["skip", "lead-009"]
+    assert leads["samples"][8][:2] == ["skip", "appt-009"]
     assert not query(workdir / "dispatch.db", "SELECT * FROM attempts")  # nothing dialed

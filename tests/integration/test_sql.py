@@ -16,7 +16,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dispatch import DispatchHub, Malformed, Record, Removed
+from dispatch import CallResult, DispatchHub, Malformed, Record, Removed
 from dispatch.errors import ConfigError, SourceError
 from dispatch.testing import ManualClock, ScriptedAgent
 from strategies.sql import SqlStrategy, WriteBack
@@ -40,6 +40,8 @@ leads = Table(
     Column("dispatch_status", String(60)),
     Column("dispatch_call_id", String(64)),
     Column("dispatch_at", DateTime),
+    Column("appointment", String(20)),
+    Column("notes", String(200)),
 )
 OUTCOME = WriteBack(call_id_column="dispatch_call_id", time_column="dispatch_at")
 
@@ -175,6 +177,27 @@ async def test_write_back_records_outcomes_and_a_finished_row_leaves_the_poll(cr
         await strategy.aclose()
 
 
+async def test_results_are_written_into_their_columns_beside_an_operator_edit(crm: Crm) -> None:
+    await crm.add(lead(1))
+    spec = WriteBack(result_columns={"status": "appointment", "notes": "notes"})
+    strategy = SqlStrategy(crm.url, "leads", write_back=spec)
+    answer = CallResult("confirm_appointment", {"status": "reschedule", "notes": "after 5"}, WALL)
+    try:
+        (one,) = await polled(strategy)
+        await strategy.deliver("on_dispatched", one, "call-1")
+        await crm.change(1, first_name="Augusta", status="vip")  # the operator, meanwhile
+        await strategy.deliver("on_result", one, "call-1", answer)
+        row = await crm.row(1)
+        assert (row["appointment"], row["notes"], row["dispatch_status"]) == (
+            "reschedule",
+            "after 5",
+            "dispatched",  # a result leaves the status alone
+        )
+        assert (row["first_name"], row["status"]) == ("Augusta", "vip")
+    finally:
+        await strategy.aclose()
+
+
 async def test_a_failed_write_back_raises_for_the_outbox_to_retry_and_long_text_is_cut(
     crm: Crm,
 ) -> None:
@@ -237,6 +260,10 @@ async def test_a_missing_table_or_column_is_a_config_error_naming_it(crm: Crm) -
     await open_fails(
         SqlStrategy(crm.url, "leads", write_back=WriteBack(status_column="tag")),
         "holds 8 characters",
+    )
+    await open_fails(
+        SqlStrategy(crm.url, "leads", write_back=WriteBack(result_columns={"status": "answer"})),
+        r"no column 'answer' \(write_back\)",
     )
     await open_fails(
         SqlStrategy(crm.url, "leads", due_column="first_name"),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from dispatch import Record
+from dispatch import CallResult, Record
 from strategies import CsvStrategy, WriteBack, WriteBackError, neutralize
 from strategies._csvwrite import FileWriteBack
 
@@ -69,26 +71,36 @@ async def test_a_user_callback_still_runs_after_the_write_back(leads: Path) -> N
     assert rows(leads)[3][3] == "completed: hangup"
 
 
-async def test_an_operator_edit_during_the_write_back_survives(
-    leads: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    strategy = CsvStrategy(leads, write_back=SPEC)
+def operator_saves_during_the_merge(
+    monkeypatch: pytest.MonkeyPatch, leads: Path, edit: Callable[[str], str]
+) -> list[int]:
+    """Between our read of the file and our replace, the operator saves ``edit(text)`` once;
+    the list returned counts those saves."""
     merge = FileWriteBack._merge
-    edits = 0
+    edits: list[int] = []
 
     def merge_while_the_operator_saves(self: FileWriteBack, *args: Any) -> Any:
-        nonlocal edits
         result = merge(self, *args)
-        if edits == 0:  # between our read and our replace, the operator saves an edit
-            edits += 1
-            text = leads.read_bytes().decode("utf-8-sig").replace("Bob", "Robert")
+        if not edits:
+            edits.append(1)
             tmp = leads.with_name("editor.tmp")
-            tmp.write_bytes(text.encode() + b"r4,+14155552604,Di\r\n")
+            tmp.write_bytes(edit(leads.read_bytes().decode("utf-8-sig")).encode())
             os.replace(tmp, leads)
         return result
 
     monkeypatch.setattr(FileWriteBack, "_merge", merge_while_the_operator_saves)
+    return edits
+
+
+async def test_an_operator_edit_during_the_write_back_survives(
+    leads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strategy = CsvStrategy(leads, write_back=SPEC)
+    edits = operator_saves_during_the_merge(
+        monkeypatch, leads, lambda text: text.replace("Bob", "Robert") + "r4,+14155552604,Di\r\n"
+    )
     await strategy.deliver("on_failed", rec("r2"), "no_answer")
+    assert edits == [1]
 
     assert [r[:4] for r in rows(leads)[1:]] == [
         ["r1", "+14155552601", "Ada"],
@@ -216,4 +228,66 @@ async def test_a_results_file_gets_one_line_per_outcome(leads: Path) -> None:
         ["r1", "dispatched", "dispatched", "call-1"],
         ["r1", "completed", "completed: hangup", "call-1"],
         ["'@r2", "skipped", "skipped: invalid_phone", ""],
+    ]
+
+
+ANSWER = CallResult(
+    "confirm_appointment",
+    {"status": "reschedule", "notes": "=after 5", "slots": [1, 2]},
+    datetime(2026, 1, 5, 15, 0, tzinfo=UTC),
+)
+RESULTS = WriteBack(
+    status_column="Status",
+    result_columns={"status": "Appointment", "notes": "Notes", "slots": "Slots"},
+)
+
+
+async def test_results_go_into_their_columns_added_to_the_file_and_the_status_stays(
+    leads: Path,
+) -> None:
+    strategy = CsvStrategy(leads, write_back=RESULTS)
+    await strategy.deliver("on_dispatched", rec("r2"), "call-2")
+    await strategy.deliver("on_result", rec("r2"), "call-2", ANSWER)
+    table = rows(leads)
+    assert table[0] == ["id", "phone", "Name", "Status", "Appointment", "Notes", "Slots"]
+    assert table[2] == [
+        "r2", "+14155552602", "Bob", "dispatched", "reschedule", "'=after 5", "[1, 2]"
+    ]  # fmt: skip
+    await strategy.deliver("on_completed", rec("r2"), "call-2", "hangup")
+    assert rows(leads)[2][3:5] == ["completed: hangup", "reschedule"]
+
+
+async def test_an_operator_edit_during_a_result_write_survives(
+    leads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strategy = CsvStrategy(leads, write_back=RESULTS)
+    edits = operator_saves_during_the_merge(
+        monkeypatch, leads, lambda text: text.replace("Ada", "Augusta")
+    )
+    await strategy.deliver("on_result", rec("r1"), "call-1", ANSWER)
+    assert edits == [1]
+    assert rows(leads)[1][:5] == ["r1", "+14155552601", "Augusta", "", "reschedule"]
+
+
+async def test_a_working_copy_follows_the_source_and_leaves_it_untouched(
+    leads: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "out" / "leads.results.csv"
+    copy.parent.mkdir()
+    spec = WriteBack(
+        status_column="Status", result_columns={"status": "Appointment"}, path=str(copy)
+    )
+    strategy = CsvStrategy(leads, write_back=spec)
+    await strategy.deliver("on_result", rec("r1"), "call-1", ANSWER)
+    await strategy.deliver("on_completed", rec("r1"), "call-1", "hangup")
+    assert leads.read_bytes() == TEXT.encode()  # the source is only read
+    # The operator adds a row and fixes a name: the copy takes both, and keeps what we wrote.
+    leads.write_bytes(TEXT.replace("Bob", "Robert").encode() + b"r4,+14155552604,Di\r\n")
+    await strategy.deliver("on_failed", rec("r4"), "busy")
+    assert [r[:5] for r in rows(copy)] == [
+        ["id", "phone", "Name", "Status", "Appointment"],
+        ["r1", "+14155552601", "Ada", "completed: hangup", "reschedule"],
+        ["r2", "+14155552602", "Robert"],
+        ["r3", "+14155552603", "Cy"],
+        ["r4", "+14155552604", "Di", "failed: busy", ""],
     ]
