@@ -12,6 +12,15 @@ from typing import TYPE_CHECKING, Any
 # The public names load on first use (PEP 562), so `dispatch --help` and tools that import one
 # submodule do not pay for SQLAlchemy, pydantic and phonenumbers.
 _EXPORTS = {
+    "CallingRules": ".rules.gate",
+    "Caps": ".rules.caps",
+    "RetryRule": ".options",
+    "DoNotCall": ".store",
+    "SimulatedResult": ".agents.simulated",
+    "ActionKind": ".results",
+    "ResultAction": ".results",
+    "ResultTool": ".results",
+    "CallResult": ".abc",
     "Agent": ".abc",
     "AgentContext": ".abc",
     "AttemptState": ".states",
@@ -61,6 +70,7 @@ if TYPE_CHECKING:
         AgentContext,
         Call,
         CallEnd,
+        CallResult,
         DialRequest,
         LateOutcome,
         Malformed,
@@ -70,6 +80,7 @@ if TYPE_CHECKING:
     )
     from .agents import SimulatedAgent
     from .agents.pinecall import PinecallAgent
+    from .agents.simulated import SimulatedResult
     from .clock import Clock, SystemClock
     from .errors import (
         ConfigError,
@@ -85,11 +96,14 @@ if TYPE_CHECKING:
         StoreUnavailable,
     )
     from .hub import DispatchHub, HubStatistics
-    from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+    from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
     from .pacing import LimiterStatistics, Reservation, SlidingWindowLimiter
     from .record import Record, normalize_phone
+    from .results import ActionKind, ResultAction, ResultTool
+    from .rules.caps import Caps
+    from .rules.gate import CallingRules
     from .states import AttemptState, RecordState, SkipReason
-    from .store import Heartbeat, Store
+    from .store import DoNotCall, Heartbeat, Store
 
 
 def __getattr__(name: str) -> Any:
@@ -111,12 +125,16 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "ActionKind",
     "Agent",
     "AgentContext",
     "AttemptState",
     "Backoff",
     "Call",
     "CallEnd",
+    "CallResult",
+    "CallingRules",
+    "Caps",
     "Clock",
     "ConfigError",
     "DialError",
@@ -126,6 +144,7 @@ __all__ = [
     "DialUnknown",
     "DispatchError",
     "DispatchHub",
+    "DoNotCall",
     "Heartbeat",
     "HubStatistics",
     "InvalidPhone",
@@ -139,8 +158,12 @@ __all__ = [
     "RecoverMode",
     "Removed",
     "Reservation",
+    "ResultAction",
+    "ResultTool",
     "RetryPolicy",
+    "RetryRule",
     "SimulatedAgent",
+    "SimulatedResult",
     "SkipReason",
     "SlidingWindowLimiter",
     "SourceError",

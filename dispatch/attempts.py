@@ -13,14 +13,16 @@ writes it to the ledger. Nothing here ever dials a record again.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 
-from .abc import Agent, Call, DialRequest, LateOutcome
+from .abc import Agent, Call, CallEnd, DialRequest, LateOutcome
 from .clock import Clock
 from .errors import DialInterrupted, DialRejected, DialUnknown, StoreError, StoreUnavailable
 from .options import RetryPolicy
@@ -28,8 +30,11 @@ from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
+from .results import Action, ActionKind, decide_action
+from .rules.caps import CapTracker, is_refusal
+from .rules.dnc import DoNotCallList
 from .states import AttemptState, RecordState
-from .store import KnownRecord, Store
+from .store import DoNotCall, KnownRecord, Store
 from .store.outbox import Callback
 
 __all__ = ["Attempts", "Counters"]
@@ -56,6 +61,7 @@ class _Outcome:
     reason: str | None
     call_id: str | None = None
     duration: float | None = None
+    end: CallEnd | None = None  # a connected call's whole end: results, transcript
 
     @property
     def maybe_live(self) -> bool:
@@ -85,6 +91,12 @@ class Attempts:
     limiter: SlidingWindowLimiter | None = None
     hold: float = 600.0  # seconds a number whose call may be live stays blocked
     late_window: float = 3600.0  # how long a late report for an unknown dial is awaited
+    caps: CapTracker = field(default_factory=CapTracker)  # every number's recent dial starts
+    dnc: DoNotCallList = field(default_factory=DoNotCallList)
+    # Per strategy: end reasons of a connected call that mean "stop calling me".
+    opt_out_reasons: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The reasons of the rejections so far of records waiting to retry (retries by reason).
+    rejections: dict[tuple[str, str], list[str | None]] = field(default_factory=dict)
     # Attempts whose outcome is not known, until the agent reports it late (or late_window
     # passes), oldest first.
     _unknown: dict[str, _Unknown] = field(default_factory=dict)
@@ -94,11 +106,18 @@ class Attempts:
     _late: list[LateOutcome] = field(default_factory=list)
     _late_event: anyio.Event | None = None
 
-    async def run(self, source: Source, record: Record, reservation: Reservation | None) -> None:
+    async def run(
+        self,
+        source: Source,
+        record: Record,
+        reservation: Reservation | None,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
         """Commit the intent, dial, and settle the outcome of one attempt of ``record``.
 
-        The caller has taken the record from the queue (and ``reservation`` from the limiter);
-        it releases the record's number afterwards."""
+        The caller has taken the record from the queue (and ``reservation`` from the limiter),
+        and the calling rules let it through (``evidence``: what they saw); it releases the
+        record's number afterwards."""
         known = source.known.get(record.id)
         number = (known.attempts if known else 0) + 1
         if number > self.retry.max_dials:
@@ -122,6 +141,7 @@ class Attempts:
                 number=number,
                 phone=record.phone,
                 at=dialed_at,
+                evidence={**(evidence or {}), "caller_id": record.from_ or self.from_},
             )
         except StoreUnavailable:
             # Never dial without a committed intent. The store says why once per outage; the
@@ -141,6 +161,7 @@ class Attempts:
             return
         if reservation is not None and self.limiter is not None:
             await self.limiter.start(reservation)  # the start is counted from now
+        self.caps.started(record.phone, dialed_at)
         source.known[record.id] = KnownRecord.of(RecordState.DIALING, number)
         self.counters.dialed += 1
         logger.info(
@@ -174,6 +195,11 @@ class Attempts:
             self.limiter.cancel(reservation)
 
     async def _dial(self, source: Source, record: Record, attempt_id: str, number: int) -> _Outcome:
+        config = record.config
+        detect_turn_end = None
+        if "detect_turn_end" in config:  # a dial option, not agent configuration
+            config = dict(config)
+            detect_turn_end = bool(config.pop("detect_turn_end"))
         request = DialRequest(
             to=record.phone,
             dispatch_id=attempt_id,
@@ -181,7 +207,8 @@ class Attempts:
             greeting=record.greeting,
             metadata=record.metadata,
             prompt_vars=record.prompt_vars,
-            config=record.config,
+            config=config,
+            detect_turn_end=detect_turn_end,
         )
         call: Call | None = None
         try:
@@ -221,7 +248,7 @@ class Attempts:
             return _Outcome(
                 AttemptState.UNKNOWN, f"unknown: {type(exc).__name__}: {exc}", _id(call)
             )
-        return _Outcome(AttemptState.COMPLETED, end.reason, call.id, end.duration)
+        return _Outcome(AttemptState.COMPLETED, end.reason, call.id, end.duration, end)
 
     async def _settle(
         self, source: Source, record: Record, attempt_id: str, number: int, outcome: _Outcome
@@ -233,21 +260,35 @@ class Attempts:
         store refused it, or was still unreachable when the daemon stopped) the record is
         left alone for this run, as the next start will find it: in flight, to be recovered
         as interrupted, never dialed again in between."""
-        retry = outcome.state is AttemptState.REJECTED and number < self.retry.max_dials
+        end = outcome.end
+        action = decide_action(end.results, source.strategy.result_actions) if end else None
+        if end is not None and end.reason in self.opt_out_reasons.get(source.name, ()):
+            action = Action(ActionKind.OPT_OUT)
+        call_back = self._call_back(record, number, action)
+        key = (source.name, record.id)
+        earlier = self.rejections.get(key, [])
+        delay = None
+        if outcome.state is AttemptState.REJECTED and number < self.retry.max_dials:
+            delay = self.retry.retry_after(outcome.reason, earlier)
+        retry = delay is not None or call_back is not None
         record_state = {
             AttemptState.COMPLETED: RecordState.COMPLETED,
             AttemptState.REJECTED: RecordState.RETRY if retry else RecordState.FAILED,
             AttemptState.UNKNOWN: RecordState.FAILED,
             AttemptState.INTERRUPTED: RecordState.INTERRUPTED,
         }[outcome.state]
-        callback = None
-        if record_state is RecordState.COMPLETED:
+        if call_back is not None:
+            record_state = RecordState.RETRY
+        callbacks = _result_callbacks(source.name, record, outcome.call_id, end)
+        if outcome.state is AttemptState.COMPLETED:
             args = (outcome.call_id, outcome.reason)
-            callback = Callback(source.name, "on_completed", record, args)
+            callbacks.append(Callback(source.name, "on_completed", record, args))
         elif record_state is not RecordState.RETRY:
-            callback = Callback(source.name, "on_failed", record, (outcome.reason,))
+            callbacks.append(Callback(source.name, "on_failed", record, (outcome.reason,)))
         now = self.clock.now()
-        retry_at = now + timedelta(seconds=self.retry.delay) if retry else None
+        retry_at = now + timedelta(seconds=delay) if delay is not None else None
+        if call_back is not None:
+            retry_at = max(call_back, now)
         try:
             await self.store.finished(
                 attempt_id=attempt_id,
@@ -259,8 +300,12 @@ class Attempts:
                 call_id=outcome.call_id,
                 duration=outcome.duration,
                 at=now,
-                callback=callback,
+                callbacks=callbacks,
                 retry_at=retry_at,
+                started_at=end.started_at if end else None,
+                results=end.results if end else (),
+                transcript=end.transcript if end else (),
+                opt_out=_opt_out(source.name, record, action, attempt_id, outcome.reason),
             )
         except StoreError as exc:
             # Not committed: never dial this record again in this run (the ledger says it is
@@ -280,16 +325,53 @@ class Attempts:
             return
         self.outbox.wake()
         source.known[record.id] = KnownRecord.of(record_state, number, retry_at)
+        if record_state is RecordState.RETRY and outcome.state is AttemptState.REJECTED:
+            self.rejections[key] = [*earlier, outcome.reason]
+        elif record_state is not RecordState.RETRY:
+            self.rejections.pop(key, None)
+        if is_refusal(outcome.reason) or (action is not None and action.kind is ActionKind.REFUSED):
+            self.caps.refused(record.phone, now)
+        if action is not None and action.kind is ActionKind.OPT_OUT:
+            self.dnc.add(record.phone, now)
         if outcome.maybe_live:
             self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
             self._remember_unknown(attempt_id, source, record, number)
         self._log_outcome(record, number, outcome, record_state)
-        if record_state is RecordState.COMPLETED:
+        if action is not None and action.kind is not ActionKind.DONE:
+            logger.info(
+                "result.action record=%s action=%s at=%s",
+                record.id,
+                action.kind.value,
+                retry_at.isoformat() if call_back is not None and retry_at else "-",
+            )
+        if outcome.state is AttemptState.COMPLETED:
             self.counters.completed += 1
-        elif record_state is RecordState.RETRY:
-            self.queue.delay(source, record, self.clock.monotonic() + self.retry.delay)
-        else:
+        if record_state is RecordState.RETRY:
+            assert retry_at is not None
+            wait = (retry_at - now).total_seconds()
+            self.queue.delay(source, record, self.clock.monotonic() + wait)
+        elif record_state is not RecordState.COMPLETED:
             self.counters.failed += 1
+
+    def _call_back(self, record: Record, number: int, action: Action | None) -> datetime | None:
+        """When a ``call_back_at`` result asks for the record to be dialed again, if it can
+        be: it counts against the retry budget, like any retry."""
+        if action is None or action.kind is not ActionKind.CALL_BACK_AT:
+            return None
+        if action.at is None:
+            logger.warning(
+                "result.call_back_refused record=%s reason=%s", record.id, action.problem
+            )
+            return None
+        if number >= self.retry.max_dials:
+            logger.warning(
+                "result.call_back_refused record=%s reason=no attempts left (%d of %d made)",
+                record.id,
+                number,
+                self.retry.max_dials,
+            )
+            return None
+        return action.at
 
     def _remember_unknown(
         self, attempt_id: str, source: Source, record: Record, number: int
@@ -332,12 +414,15 @@ class Attempts:
             )
             return
         source, record, number = entry.source, entry.record, entry.number
+        end = outcome.end
+        action = decide_action(end.results, source.strategy.result_actions) if end else None
+        callbacks = _result_callbacks(source.name, record, outcome.call_id, end)
         if outcome.started:
             state, record_state = AttemptState.COMPLETED, RecordState.COMPLETED
             args = (outcome.call_id or "", outcome.reason)
-            callback = Callback(source.name, "on_completed", record, args)
+            callbacks.append(Callback(source.name, "on_completed", record, args))
         else:
-            state, record_state, callback = AttemptState.REJECTED, RecordState.FAILED, None
+            state, record_state = AttemptState.REJECTED, RecordState.FAILED
         try:
             await self.store.finished(
                 attempt_id=outcome.dispatch_id,
@@ -349,7 +434,11 @@ class Attempts:
                 call_id=outcome.call_id,
                 duration=outcome.duration,
                 at=self.clock.now(),
-                callback=callback,
+                callbacks=callbacks,
+                started_at=end.started_at if end else None,
+                results=end.results if end else (),
+                transcript=end.transcript if end else (),
+                opt_out=_opt_out(source.name, record, action, outcome.dispatch_id, outcome.reason),
             )
         except StoreError as exc:
             logger.error("store.late_outcome_failed record=%s error=%s", record.id, exc)
@@ -379,6 +468,13 @@ class Attempts:
                 outcome.reason,
                 duration,
             )
+            for result in outcome.end.results if outcome.end else ():
+                logger.info(
+                    "call.result record=%s tool=%s arguments=%.300s",
+                    record.id,
+                    result.tool,
+                    json.dumps(dict(result.arguments), ensure_ascii=False),
+                )
         else:
             logger.warning(
                 "dial.%s record=%s reason=%s attempt=%d/%d next=%s",
@@ -387,9 +483,32 @@ class Attempts:
                 outcome.reason,
                 number,
                 self.retry.max_dials,
-                f"retry in {self.retry.delay:g}s" if state is RecordState.RETRY else state.value,
+                "retry" if state is RecordState.RETRY else state.value,
             )
 
 
 def _id(call: Call | None) -> str | None:
     return call.id if call is not None else None
+
+
+def _result_callbacks(
+    strategy: str, record: Record, call_id: str | None, end: CallEnd | None
+) -> list[Callback]:
+    """``on_result`` for each result of the call, in order (before ``on_completed``)."""
+    if end is None:
+        return []
+    return [Callback(strategy, "on_result", record, (call_id or "", r)) for r in end.results]
+
+
+def _opt_out(
+    strategy: str, record: Record, action: Action | None, attempt_id: str, end_reason: str | None
+) -> DoNotCall | None:
+    """The do-not-call entry an opt-out adds: which record and attempt, and why (the result,
+    or the call's end reason)."""
+    if action is None or action.kind is not ActionKind.OPT_OUT:
+        return None
+    if action.result is not None:
+        reason = f"{action.result.tool} {json.dumps(dict(action.result.arguments))}"
+    else:
+        reason = f"call ended: {end_reason}"
+    return DoNotCall(record.phone, "result", strategy, record.id, reason, attempt_id=attempt_id)

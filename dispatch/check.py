@@ -11,16 +11,21 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from .abc import Strategy
 from .admission import Admission
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .config import Settings, store_url
 from .errors import DispatchError, dispatch_error_in
 from .hub import DispatchHub, poll_items
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
+from .rules.caps import CapTracker
+from .rules.dnc import DoNotCallList
+from .rules.gate import CallingRules, Gate, Hold
+from .rules.gate import Refuse as GateRefuse
 from .store import KnownRecord, Store
 
 __all__ = ["CheckReport", "check"]
@@ -81,26 +86,40 @@ class CheckReport:
         return out
 
 
-async def check(settings: Settings, base: Path, *, limit: int) -> CheckReport:
-    """Reach the store and the agent and dry-run one poll of each strategy."""
+async def check(
+    settings: Settings, base: Path, *, limit: int, clock: Clock | None = None
+) -> CheckReport:
+    """Reach the store and the agent and dry-run one poll of each strategy, as of ``clock``'s
+    time (now, by default)."""
     from .config import build_hub
 
     hub = build_hub(settings, base=base)
     parts: list[_Part] = []
     known: dict[tuple[str, str], KnownRecord] = {}
     store = Store(store_url(settings, base))
+    clock = clock or SystemClock()
+    dnc, tracker = DoNotCallList(), CapTracker()
     try:
         await store.open()
         known = await store.known_records()
+        listed = await store.do_not_call()
+        dnc.replace({p: e.added_at for p, e in listed.items()}, (len(listed), None))
+        horizon = max((hub.calling_rules(s.name).caps.horizon for s in hub.strategies), default=0)
+        if horizon:
+            tracker.load(await store.dial_history(clock.now() - timedelta(seconds=horizon)))
         parts.append(_Part("store", detail=f"{store} reachable, schema up to date"))
     except DispatchError as exc:
         parts.append(_Part("store", ok=False, detail=str(exc)))
     finally:
         await store.aclose()
     parts.append(await _agent(hub))
-    admission = Admission(default_region=settings.default_region, clock=SystemClock())
+    admission = Admission(default_region=settings.default_region, clock=clock)
     max_dials = hub.retry.max_dials
-    sources = [await _poll(s, admission, known, limit, max_dials) for s in hub.strategies]
+    gate = Gate(dnc, tracker)
+    sources = [
+        await _poll(s, admission, known, limit, max_dials, gate, hub.calling_rules(s.name), clock)
+        for s in hub.strategies
+    ]
     return CheckReport(parts, sources)
 
 
@@ -122,6 +141,9 @@ async def _poll(
     known: dict[tuple[str, str], KnownRecord],
     limit: int,
     max_dials: int,
+    gate: Gate,
+    rules: CallingRules,
+    clock: Clock,
 ) -> _Source:
     report = _Source(strategy.name)
     try:
@@ -153,7 +175,14 @@ async def _poll(
             decision, why = "wait", f"{'retry' if verdict.why == 'retry' else 'not due'} {when}"
         else:
             assert isinstance(verdict, Admit)
-            decision, why = "dial", verdict.record.phone
+            # And what the calling rules would say, were it dialed now.
+            ruled = gate.check(rules, verdict.record, clock.now())
+            if isinstance(ruled, Hold):
+                decision, why = "wait", ruled.why
+            elif isinstance(ruled, GateRefuse):
+                decision, why = "skip", f"{ruled.skip.reason}: {ruled.skip.detail}"
+            else:
+                decision, why = "dial", verdict.record.phone
         report.counts[decision] += 1
         if len(report.samples) < limit:
             report.samples.append((decision, item.id, why))

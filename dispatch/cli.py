@@ -65,12 +65,43 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--phone", help="a phone number (normalised like the records')")
     which.add_argument("--record", help="a record id")
     history.add_argument("--strategy", help="only this strategy's records")
+    history.add_argument(
+        "--transcript", action="store_true", help="show each call's transcript as well"
+    )
+
+    _dnc_parser(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply pending schema migrations")
     _config_option(upgrade)
     return parser
+
+
+def _dnc_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dnc = commands.add_parser(
+        "dnc", help="the do-not-call list: numbers never dialed, whatever the strategy"
+    )
+    dnc_commands = dnc.add_subparsers(dest="dnc_command", required=True, metavar="COMMAND")
+    add = dnc_commands.add_parser("add", help="put numbers on the list")
+    add.add_argument("numbers", nargs="+", metavar="NUMBER", help="normalised like the records'")
+    add.add_argument("--reason", help="why (kept with each number)")
+    remove = dnc_commands.add_parser("remove", help="take numbers off the list")
+    remove.add_argument("numbers", nargs="+", metavar="NUMBER")
+    listing = dnc_commands.add_parser("list", help="every number on the list")
+    _json_option(listing)
+    load = dnc_commands.add_parser(
+        "import", help="add the numbers of a CSV file (column phone or number, else the first)"
+    )
+    load.add_argument("file", metavar="FILE.csv")
+    load.add_argument("--reason", help="for rows without a reason column or cell")
+    load.add_argument(
+        "--encoding", default="utf-8", help="the file's text encoding (default: %(default)s)"
+    )
+    export = dnc_commands.add_parser("export", help="write the list as CSV (import reads it)")
+    export.add_argument("file", nargs="?", metavar="FILE", help="default or -: stdout")
+    for each in (add, remove, listing, load, export):
+        _config_option(each)
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK if found.ok else EXIT_FAILURE
         elif args.command == "db":
             anyio.run(_upgrade, settings, base)
+        elif args.command == "dnc":
+            from .dnc_cli import run as dnc
+
+            return anyio.run(dnc, settings, base, args)
         else:
             from .report_cli import history, status
 
@@ -129,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = dispatch_error_in(raised)
         if error is None:
             raise
-        if args.command in ("status", "history", "check"):
+        if args.command in ("status", "history", "check", "dnc"):
             print(f"dispatch: {error}", file=sys.stderr)
         else:
             logger.error("dispatch.failed %s: %s", type(error).__name__, error)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 import os
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -25,11 +26,17 @@ from .abc import Agent, Strategy
 from .agents import SimulatedAgent
 from .errors import ConfigError
 from .hub import DispatchHub
-from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
+from .results import ActionKind
+from .rules.caps import Caps
+from .rules.gate import CallingRules
 from .store import Heartbeat, Store
 
 if TYPE_CHECKING:
     from strategies._writeback import WriteBack
+
+    from .results import ResultAction, ResultTool
+    from .rules.hours import RulePack
 
 __all__ = [
     "AgentConfig",
@@ -61,15 +68,101 @@ class StoreConfig(_Section):
     )
 
 
+def _duration(value: object) -> object:
+    """``"30s"``, ``"10m"``, ``"2h"``, ``"60d"`` or plain seconds, as seconds."""
+    if isinstance(value, str):
+        from .rules import parse_duration
+
+        return parse_duration(value)
+    return value
+
+
+# A duration in seconds, written as seconds or as "30s", "10m", "2h", "60d".
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
 class PacingConfig(_Section):
     max_calls_per_minute: int | None = Field(None, ge=1)
     max_concurrent: int = Field(1, ge=1)
-    window: float = Field(60.0, gt=0, description="Seconds of the sliding window.")
+    window: Duration = Field(60.0, gt=0, description="Seconds of the sliding window.")
+    max_calls_per_second: float | None = Field(
+        None, gt=0, description="Smooth dial starts to this rate (carriers' CPS limits)."
+    )
+
+
+class RetryRuleConfig(_Section):
+    attempts: int = Field(0, ge=0, description="Extra dials after this kind of rejection.")
+    delay: Duration = Field(60.0, ge=0, description="Before each of them.")
 
 
 class RetryConfig(_Section):
     attempts: int = Field(0, ge=0, description="Extra dials after a rejected one.")
-    delay: float = Field(60.0, ge=0, description="Seconds before a retry.")
+    delay: Duration = Field(60.0, ge=0, description="Seconds before a retry.")
+    busy: RetryRuleConfig | None = None
+    no_answer: RetryRuleConfig | None = None
+    failed: RetryRuleConfig | None = None
+
+    def policy(self) -> RetryPolicy:
+        by_reason = {
+            kind: RetryRule(rule.attempts, rule.delay)
+            for kind in ("busy", "no_answer", "failed")
+            if (rule := getattr(self, kind)) is not None
+        }
+        return RetryPolicy(self.attempts, self.delay, by_reason)
+
+
+class CapsConfig(_Section):
+    """``[caps]`` (every strategy) and ``[strategies.caps]`` (tighter, for one)."""
+
+    per_24h: int | None = Field(None, ge=1, description="Attempts per number per rolling 24 h.")
+    per_30d: int | None = Field(None, ge=1, description="Attempts per number per 30 days.")
+    min_gap: Duration | None = Field(None, ge=0, description="Between two calls to a number.")
+    cooldown_after_refusal: Duration | None = Field(None, ge=0)
+
+    def build(self) -> Caps:
+        return Caps(self.per_24h, self.per_30d, self.min_gap, self.cooldown_after_refusal)
+
+
+class WindowConfig(_Section):
+    days: str = "mon-sun"
+    from_: str = Field(alias="from")
+    to: str
+
+
+class CallingHoursConfig(_Section):
+    """``[strategies.calling_hours]``: a rule pack, or windows of your own."""
+
+    rules: str | None = Field(None, description='"us", "us-fl", "fr", or a path to a pack.')
+    windows: list[WindowConfig] | None = None
+    holidays: str | None = Field(None, description="A country (FR, US-FL) for holidays.")
+    timezone: str | None = Field(None, description="Zone of numbers that map to none.")
+
+    def build(self, base: Path) -> RulePack:
+        from .rules import hours
+
+        try:
+            if self.rules is not None and self.windows is not None:
+                raise ValueError("give rules or windows, not both")
+            if self.rules is not None:
+                path = Path(self.rules)
+                if self.rules in hours.BUILTIN_PACKS or (
+                    path.suffix != ".toml" and "/" not in self.rules
+                ):
+                    return hours.load_pack(self.rules)  # a built-in name (or a wrong one)
+                return hours.load_pack(_resolve(base, path))
+            if not self.windows:
+                raise ValueError("give rules (a pack) or windows")
+            windows = hours.windows_from_config(
+                [{"days": w.days, "from": w.from_, "to": w.to} for w in self.windows]
+            )
+            return hours.custom_pack(windows, holidays=self.holidays, timezone=self.timezone)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"strategies.calling_hours: {exc}") from None
+
+
+class ActiveConfig(_Section):
+    from_: date | None = Field(None, alias="from")
+    until: date | None = None
 
 
 class CallbacksConfig(_Section):
@@ -83,7 +176,44 @@ class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
-class SimulatedAgentConfig(_Section):
+class ResultToolConfig(_Section):
+    """``[[agent.tools]]``: a result tool the agent's model calls to report an answer."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="A JSON schema for the arguments (an object schema).",
+    )
+
+
+class _AgentSection(_Section):
+    tools: list[ResultToolConfig] = Field(default_factory=list)
+
+    def result_tools(self) -> list[ResultTool]:
+        from .results import ResultTool
+
+        built = []
+        for i, tool in enumerate(self.tools):
+            try:
+                built.append(ResultTool(tool.name, tool.description, tool.parameters))
+            except ValueError as exc:
+                raise ConfigError(f"agent.tools[{i}]: {exc}") from None
+        names = [t.name for t in built]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"agent.tools: a tool name is given twice ({', '.join(names)})")
+        return built
+
+
+class SimulatedResultConfig(_Section):
+    """One entry of the simulated agent's result mix: ``tool`` called with ``arguments``."""
+
+    tool: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, gt=0)
+
+
+class SimulatedAgentConfig(_AgentSection):
     kind: Literal["simulated"] = "simulated"
     answered: float = Field(0.7, ge=0)
     no_answer: float = Field(0.15, ge=0)
@@ -93,12 +223,23 @@ class SimulatedAgentConfig(_Section):
     talk_seconds: tuple[float, float] = (20.0, 120.0)
     time_scale: float = Field(1.0, ge=0)
     seed: int = 0
+    results: list[SimulatedResultConfig] = Field(
+        default_factory=list,
+        description="The answers callees give, drawn by weight; default: from the tools.",
+    )
 
     def build(self) -> Agent:
-        return SimulatedAgent(**self.model_dump(exclude={"kind"}))
+        from .agents.simulated import SimulatedResult
+
+        options = self.model_dump(exclude={"kind", "tools", "results"})
+        mix = [SimulatedResult(r.tool, r.arguments, r.weight) for r in self.results]
+        try:
+            return SimulatedAgent(**options, tools=self.result_tools(), results=mix)
+        except ValueError as exc:
+            raise ConfigError(f"agent: {exc}") from None
 
 
-class PinecallAgentConfig(_Section):
+class PinecallAgentConfig(_AgentSection):
     kind: Literal["pinecall"]
     agent_id: str = Field(min_length=1)
     url: str = "wss://voice.pinecall.io"
@@ -110,6 +251,12 @@ class PinecallAgentConfig(_Section):
     stt: str | dict[str, Any] | None = None
     llm: str | dict[str, Any] | None = None
     prompt: str | None = None
+    vars: dict[str, Any] = Field(
+        default_factory=dict, description="Prompt variables for every call (agent-level)."
+    )
+    detect_turn_end: bool | None = Field(
+        None, description="Default dial option; a record's config may override it."
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="More agent.create keys.")
     dial_timeout: float = Field(30.0, gt=0)
     ping_interval: float = Field(30.0, gt=0)
@@ -150,6 +297,9 @@ class PinecallAgentConfig(_Section):
             url=self.url,
             phone_numbers=self.phone_numbers,
             config={**agent_config, **self.config},
+            tools=self.result_tools(),
+            vars=self.vars,
+            detect_turn_end=self.detect_turn_end,
             dial_timeout=self.dial_timeout,
             ping_interval=self.ping_interval,
         )
@@ -162,9 +312,81 @@ class WriteBackConfig(_Section):
     status_column: str = Field("dispatch_status", min_length=1)
     call_id_column: str | None = None
     time_column: str | None = None
+    result_columns: dict[str, str] = Field(
+        default_factory=dict, description="Result field -> column, e.g. status = 'Appointment'."
+    )
+    path: Path | None = Field(None, description="CSV: write into this working copy instead.")
 
 
-class _RowTemplates(_Section):
+class ResultActionConfig(_Section):
+    """``[[strategies.result_actions]]``: what a matching result makes of the record."""
+
+    action: ActionKind
+    tool: str | None = None
+    when: dict[str, Any] = Field(default_factory=dict)
+    at: str = Field("call_back_at", min_length=1)
+    timezone: str | None = None
+
+    def build(self) -> ResultAction:
+        from .results import ResultAction
+
+        if self.timezone is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"result_actions: unknown time zone {self.timezone!r}") from None
+        return ResultAction(self.action, self.tool, self.when, self.at, self.timezone)
+
+
+_RULE_KEYS = (
+    "result_actions",
+    "calling_hours",
+    "caps",
+    "schedule",
+    "schedule_timezone",
+    "active",
+    "opt_out_reasons",
+)
+
+
+class _StrategySection(_Section):
+    result_actions: list[ResultActionConfig] = Field(default_factory=list)
+    calling_hours: CallingHoursConfig | None = None
+    caps: CapsConfig | None = None
+    schedule: str | None = Field(None, description='Cron: "0 9-17 * * mon-fri".')
+    schedule_timezone: str = "UTC"
+    active: ActiveConfig | None = None
+    opt_out_reasons: list[str] = Field(
+        default_factory=list, description="End reasons that put the number on the DNC list."
+    )
+
+    def _with_rules(self, strategy: Strategy, base: Path) -> Strategy:
+        if self.result_actions:
+            strategy.result_actions = tuple(a.build() for a in self.result_actions)
+        pack = self.calling_hours.build(base) if self.calling_hours else None
+        caps = self.caps.build() if self.caps else Caps()
+        schedule = None
+        if self.schedule is not None or self.active is not None:
+            from zoneinfo import ZoneInfo
+
+            from .rules.schedule import Schedule
+
+            active = self.active or ActiveConfig()
+            try:
+                schedule = Schedule(
+                    self.schedule, active.from_, active.until, ZoneInfo(self.schedule_timezone)
+                )
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(f"strategies.schedule: {exc}") from None
+        reasons = frozenset(self.opt_out_reasons)
+        if pack is not None or caps or schedule is not None or reasons:
+            strategy.calling_rules = CallingRules(pack, caps, schedule, reasons)
+        return strategy
+
+
+class _RowTemplates(_StrategySection):
     """How a row (a CSV line, a table row) becomes a record: templates over its columns."""
 
     name: str | None = None
@@ -177,10 +399,14 @@ class _RowTemplates(_Section):
     timezone: str | None = None
     write_back: WriteBackConfig | None = None
 
-    def _write_back(self) -> WriteBack | None:
+    def _write_back(self, base: Path) -> WriteBack | None:
         from strategies._writeback import WriteBack
 
-        return WriteBack(**self.write_back.model_dump()) if self.write_back else None
+        if self.write_back is None:
+            return None
+        options = self.write_back.model_dump(exclude={"path"})
+        path = self.write_back.path
+        return WriteBack(**options, path=str(_resolve(base, path)) if path else None)
 
 
 class CsvStrategyConfig(_RowTemplates):
@@ -198,12 +424,17 @@ class CsvStrategyConfig(_RowTemplates):
         # strategies depend on dispatch, not the reverse
         from strategies.csv import CsvStrategy
 
-        options = self.model_dump(exclude={"kind", "path", "write_back", "results_path"})
-        return CsvStrategy(
-            _resolve(base, self.path),
-            write_back=self._write_back(),
-            results_path=_resolve(base, self.results_path) if self.results_path else None,
-            **options,
+        options = self.model_dump(
+            exclude={"kind", "path", "write_back", "results_path", *_RULE_KEYS}
+        )
+        return self._with_rules(
+            CsvStrategy(
+                _resolve(base, self.path),
+                write_back=self._write_back(base),
+                results_path=_resolve(base, self.results_path) if self.results_path else None,
+                **options,
+            ),
+            base,
         )
 
 
@@ -219,9 +450,19 @@ class SqlStrategyConfig(_RowTemplates):
     def build(self, base: Path) -> Strategy:
         from strategies.sql import SqlStrategy
 
-        options = self.model_dump(exclude={"kind", "url", "password_file", "table", "write_back"})
-        return SqlStrategy(
-            self.database_url(base), self.table, write_back=self._write_back(), **options
+        if self.write_back is not None and self.write_back.path is not None:
+            raise ConfigError(
+                f"strategies: write_back.path is for CSV files; a SQL strategy ({self.table}) "
+                "writes into its own table"
+            )
+        options = self.model_dump(
+            exclude={"kind", "url", "password_file", "table", "write_back", *_RULE_KEYS}
+        )
+        return self._with_rules(
+            SqlStrategy(
+                self.database_url(base), self.table, write_back=self._write_back(base), **options
+            ),
+            base,
         )
 
     def database_url(self, base: Path) -> URL:
@@ -240,7 +481,7 @@ class SqlStrategyConfig(_RowTemplates):
         return url
 
 
-class PythonStrategyConfig(_Section):
+class PythonStrategyConfig(_StrategySection):
     kind: Literal["python"]
     path: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="module:Class")
     name: str | None = None
@@ -260,7 +501,7 @@ class PythonStrategyConfig(_Section):
         strategy = target(**options)
         if not isinstance(strategy, Strategy):
             raise ConfigError(f"strategies: {self.path!r} did not produce a dispatch.Strategy")
-        return strategy
+        return self._with_rules(strategy, base)
 
 
 StrategyConfig = Annotated[
@@ -292,6 +533,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     pacing: PacingConfig = PacingConfig()
     retry: RetryConfig = RetryConfig()
+    caps: CapsConfig = CapsConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     logging: LoggingConfig = LoggingConfig()
     agent: AgentConfig = SimulatedAgentConfig()
@@ -392,7 +634,8 @@ def build_hub(
             from_=settings.from_,
             store=build_store(settings, base),
             pacing=Pacing(**settings.pacing.model_dump()),
-            retry=RetryPolicy(**settings.retry.model_dump()),
+            retry=settings.retry.policy(),
+            caps=settings.caps.build(),
             poll_interval=settings.poll_interval,
             drain_timeout=settings.drain_timeout,
             default_region=settings.default_region,

@@ -17,10 +17,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
+from aiolimiter import AsyncLimiter
 from anyio.abc import TaskGroup
 
 from ._gc import GcPause
@@ -35,6 +36,11 @@ from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
+from .rules.caps import Caps, CapTracker
+from .rules.dnc import DoNotCallList
+from .rules.gate import CallingRules, Gate, Go, Hold
+from .rules.gate import Refuse as GateRefuse
+from .rules.schedule import Schedule
 from .states import RecordState
 from .store import KnownRecord, Skipped, Store
 from .store.outbox import Callback
@@ -67,6 +73,7 @@ class HubStatistics:
     already_handled: int  # records in the latest polls that an earlier run had finished
     rate_limited: int = 0  # dials taken from the queue, waiting for the rate limit
     held_numbers: int = 0  # numbers not dialed for now: a call to them may still be live
+    do_not_call: int = 0  # numbers on the do-not-call list, as last read from the store
 
 
 class DispatchHub:
@@ -108,6 +115,7 @@ class DispatchHub:
         exit_when_done: bool = False,
         callback_timeout: float = 30.0,
         callback_backoff: Backoff | None = None,
+        caps: Caps | None = None,
         clock: Clock | None = None,
     ) -> None:
         names = [s.name for s in strategies]
@@ -148,6 +156,19 @@ class DispatchHub:
             backoff=callback_backoff,
         )
         self._counters = Counters()
+        self.caps = caps or Caps()
+        self._dnc_read = -math.inf  # when the do-not-call list was last looked at (monotonic)
+        self._cap_tracker = CapTracker()
+        self._dnc = DoNotCallList()
+        self._gate = Gate(self._dnc, self._cap_tracker)
+        self._rules = {s.name: self._calling_rules(s) for s in strategies}
+        horizons = [r.caps.horizon for r in self._rules.values()]
+        self._cap_tracker.horizon = max(horizons, default=0.0)
+        self._smoother = (
+            AsyncLimiter(1, 1 / self.pacing.max_calls_per_second)
+            if self.pacing.max_calls_per_second
+            else None
+        )
         self._attempts = Attempts(
             store=self.store,
             agent=agent,
@@ -160,6 +181,9 @@ class DispatchHub:
             poll_interval=poll_interval,
             limiter=self._limiter,
             hold=recover_hold,
+            caps=self._cap_tracker,
+            dnc=self._dnc,
+            opt_out_reasons={name: r.opt_out_reasons for name, r in self._rules.items()},
         )
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
@@ -167,6 +191,21 @@ class DispatchHub:
         self._stop_in_loop: Callable[[], None] | None = None
         self._running = False
         self._background: AsyncExitStack | None = None
+
+    def _calling_rules(self, strategy: Strategy) -> CallingRules:
+        """The strategy's calling rules, with the hub's caps tightened by its pack's and its
+        own."""
+        rules = strategy.calling_rules or CallingRules()
+        caps = self.caps
+        if rules.pack is not None:
+            caps = caps.tightened(rules.pack.caps)
+        return CallingRules(
+            rules.pack, caps.tightened(rules.caps), rules.schedule, rules.opt_out_reasons
+        )
+
+    def calling_rules(self, strategy: str) -> CallingRules:
+        """The calling rules that apply to the records of the strategy named ``strategy``."""
+        return self._rules[strategy]
 
     # -- public control ----------------------------------------------------------------------
 
@@ -202,6 +241,7 @@ class DispatchHub:
             already_handled=sum(s.handled_in_last_poll for s in self._sources),
             rate_limited=self._limiter.statistics().waiting if self._limiter else 0,
             held_numbers=self._queue.held,
+            do_not_call=len(self._dnc),
         )
 
     async def __aenter__(self) -> Self:
@@ -300,6 +340,7 @@ class DispatchHub:
                 self.recover_hold,
             )
         await self._restore_pacing(now)
+        await self._load_rules(now)
         known = await self.store.known_records()
         for source in self._sources:
             source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
@@ -323,6 +364,38 @@ class DispatchHub:
             logger.info(
                 "hub.holding numbers=%d (a call to them may still be live)", self._queue.held
             )
+
+    async def _load_rules(self, now: datetime) -> None:
+        """The do-not-call list, each number's recent dials (the caps), and the rejections of
+        records waiting to retry (retries by reason), from the ledger."""
+        await self._refresh_dnc(force=True)
+        if self._cap_tracker.horizon:
+            since = now - timedelta(seconds=self._cap_tracker.horizon)
+            self._cap_tracker.load(await self.store.dial_history(since))
+        if self.retry.by_reason:
+            self._attempts.rejections.update(await self.store.rejections())
+
+    async def _refresh_dnc(self, *, force: bool = False) -> None:
+        fingerprint = await self.store.do_not_call_fingerprint()
+        if force or fingerprint != self._dnc.fingerprint:
+            listed = await self.store.do_not_call()
+            self._dnc.replace({p: e.added_at for p, e in listed.items()}, fingerprint)
+            if not force:
+                logger.info("dnc.reloaded numbers=%d", len(self._dnc))
+        self._dnc.checked_at = self.clock.now()
+
+    async def _maybe_refresh_dnc(self) -> None:
+        """Reload the do-not-call list if it changed (``dispatch dnc`` from another shell),
+        at most once per ``poll_interval``: before a poll, so a number added while its record
+        waits is seen within one poll interval."""
+        now = self.clock.monotonic()
+        if now - self._dnc_read < self.poll_interval:
+            return
+        self._dnc_read = now
+        try:
+            await self._refresh_dnc()
+        except StoreError as exc:
+            logger.debug("dnc.refresh_failed error=%s", exc)
 
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
         """Tell the store this daemon is alive; stop the hub if another daemon took over."""
@@ -417,7 +490,11 @@ class DispatchHub:
     # -- polling and intake ------------------------------------------------------------------
 
     async def _poll_loop(self, source: Source) -> None:
+        schedule = self._rules[source.name].schedule
         while True:
+            if schedule is not None:
+                await self._wait_for_schedule(source, schedule)
+            await self._maybe_refresh_dnc()
             source.polling = True
             try:
                 result = source.strategy.poll()
@@ -436,6 +513,22 @@ class DispatchHub:
             await self._record_queue(source)
             self._check_done()
             await self._wait_for_poll(source)
+
+    async def _wait_for_schedule(self, source: Source, schedule: Schedule) -> None:
+        """Outside its campaign schedule a strategy is not polled: sleep until it opens (its
+        queued records wait at the gate meanwhile)."""
+        now = self.clock.now()
+        opens = schedule.next_open(now)
+        if opens == now:
+            return
+        if opens is None:
+            logger.info("schedule.over strategy=%s (not polled again)", source.name)
+            source.polls = max(source.polls, 1)  # nothing more will come from it
+            self._check_done()
+            await anyio.sleep_forever()
+        assert opens is not None
+        logger.info("schedule.closed strategy=%s opens=%s", source.name, opens.isoformat())
+        await self.clock.sleep_until(self.clock.monotonic() + (opens - now).total_seconds())
 
     async def _wait_for_poll(self, source: Source) -> None:
         """Sleep until the next poll is due or the strategy asks for one (``poll_now``)."""
@@ -465,6 +558,7 @@ class DispatchHub:
                 pending=len(source.pending),
                 waiting=len(source.waiting),
                 at=self.clock.now(),
+                reasons=source.waiting_reasons(),
             )
         except StoreUnavailable:
             pass  # best effort; the store logs its outage once
@@ -632,15 +726,47 @@ class DispatchHub:
             await self.store.wait_available()
             await slots.acquire()
             source, record = await self._queue.take()
+            verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
+            if not isinstance(verdict, Go):
+                await self._not_now(source, record, verdict, slots)
+                continue
             reservation: Reservation | None = None
             try:
+                if self._smoother is not None:
+                    await self._smoother.acquire()
                 if self._limiter is not None:
                     reservation = await self._limiter.acquire()
             except BaseException:
                 self._queue.put_back(source, record)  # not dialed
                 slots.release()
                 raise
-            calls.start_soon(self._attempt, source, record, reservation, slots)
+            if reservation is not None or self._smoother is not None:
+                # The wait for the rate may have outlasted the window, or a cap: ask again.
+                verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
+                if not isinstance(verdict, Go):
+                    if reservation is not None and self._limiter is not None:
+                        self._limiter.cancel(reservation)
+                    await self._not_now(source, record, verdict, slots)
+                    continue
+            calls.start_soon(self._attempt, source, record, reservation, slots, verdict.evidence)
+
+    async def _not_now(
+        self, source: Source, record: Record, verdict: Hold | GateRefuse, slots: anyio.Semaphore
+    ) -> None:
+        """A record the calling rules hold back waits (not an attempt); one they refuse is
+        skipped for good. Either way its number and its slot are free again."""
+        self._queue.release(source, record)
+        slots.release()
+        if isinstance(verdict, Hold):
+            wait = max(0.0, (verdict.until - self.clock.now()).total_seconds())
+            logger.info("record.held strategy=%s record=%s why=%s", source.name, record.id,
+                        verdict.why)  # fmt: skip
+            self._queue.delay(source, record, self.clock.monotonic() + wait, verdict.why)
+            return
+        skips: list[tuple[Skipped, KnownRecord | None]] = []
+        self._refuse(source, Refuse(record, verdict.skip), skips, Counter())
+        await self._record_skips(source, skips)
+        self._check_done()
 
     async def _attempt(
         self,
@@ -648,9 +774,10 @@ class DispatchHub:
         record: Record,
         reservation: Reservation | None,
         slots: anyio.Semaphore,
+        evidence: dict[str, Any],
     ) -> None:
         try:
-            await self._attempts.run(source, record, reservation)
+            await self._attempts.run(source, record, reservation, evidence)
         finally:
             self._queue.release(source, record)
             slots.release()

@@ -37,12 +37,23 @@ class Source:
     taken: int = 0  # entries deleted from `pending` since it was last compacted
     in_flight: set[str] = field(default_factory=set)
     waiting: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (due, entry)
+    why: dict[str, str] = field(default_factory=dict)  # id -> what a waiting record waits for
     polls: int = 0  # successful polls
     polling: bool = False
     handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
     terminal_at_start: set[str] = field(default_factory=set)
     poll_wanted: bool = False  # the strategy asked for a poll (`poll_now`)
     poll_event: anyio.Event | None = None  # set while the poll loop sleeps
+
+    def waiting_reasons(self) -> dict[str, int]:
+        """The waiting records by what they wait for (``outside hours``, ``cap``, ``retry``
+        ...): the first words of each reason, before any time."""
+        counts: dict[str, int] = {}
+        for record_id in self.waiting:
+            why = self.why.get(record_id, "retry or not_before")
+            kind = why.split(" until ")[0].split(":")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def request_poll(self) -> None:
         self.poll_wanted = True
@@ -105,10 +116,15 @@ class DispatchQueue:
         source.pending[record.id] = record
         self.notify()
 
-    def delay(self, source: Source, record: Record, until: float) -> None:
-        """Queue ``record`` at monotonic time ``until``."""
+    def delay(self, source: Source, record: Record, until: float, why: str = "") -> None:
+        """Queue ``record`` at monotonic time ``until`` (``why``: what it waits for, counted
+        in :meth:`Source.waiting_reasons`)."""
         seq = next(self._seq)
         source.waiting[record.id] = (until, seq)
+        if why:
+            source.why[record.id] = why
+        else:
+            source.why.pop(record.id, None)
         heapq.heappush(self._delayed, (until, seq, source, record))
         self._rearm(until)
         self.notify()
@@ -117,6 +133,7 @@ class DispatchQueue:
         """Drop a queued record that is not in flight; return its due time if it was waiting
         for one. Its heap entry stays behind, stale, and is ignored when its time comes."""
         source.pending.pop(record_id, None)
+        source.why.pop(record_id, None)
         entry = source.waiting.pop(record_id, None)
         if entry is None:
             return None
@@ -183,6 +200,7 @@ class DispatchQueue:
                 until, seq, source, record = heapq.heappop(self._delayed)
                 if source.waiting.get(record.id) == (until, seq):  # else withdrawn or replaced
                     del source.waiting[record.id]
+                    source.why.pop(record.id, None)
                     self.admit(source, record)
             while self._hold_ends and self._hold_ends[0][0] <= now:
                 until, phone = heapq.heappop(self._hold_ends)

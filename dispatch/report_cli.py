@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 from sqlalchemy.engine import make_url
@@ -70,6 +71,7 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
             ("completed by reason", s.completed),
             ("failed by error", s.failed),
             ("skipped by reason", s.skipped),
+            ("waiting for", s.waiting_reasons),
         ):
             if counts:
                 listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -90,7 +92,11 @@ async def history(settings: Settings, base: Path, args: argparse.Namespace) -> N
             raise StoreError(str(exc)) from None
     async with _reading(settings, base) as store:
         rows = await reports.history(
-            store.engine, phone=phone, record_id=args.record, strategy=args.strategy
+            store.engine,
+            phone=phone,
+            record_id=args.record,
+            strategy=args.strategy,
+            transcripts=getattr(args, "transcript", False),
         )
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -99,7 +105,7 @@ async def history(settings: Settings, base: Path, args: argparse.Namespace) -> N
         print("no attempts")
         return
     headers = ["strategy", "record", "attempt", "phone", "state", "reason", "call id", "dialed at",
-               "ended at", "duration"]  # fmt: skip
+               "ended at", "duration", "results", "rules"]  # fmt: skip
     print(
         _table(
             headers,
@@ -115,11 +121,37 @@ async def history(settings: Settings, base: Path, args: argparse.Namespace) -> N
                     _time(r.dialed_at),
                     _time(r.ended_at),
                     f"{r.duration:.1f}s" if r.duration is not None else "",
+                    "; ".join(_result(result) for result in r.results),
+                    _evidence(r.evidence),
                 ]
                 for r in rows
             ],
         )
     )
+    for r in rows:
+        if r.transcript:
+            print(f"\n{r.record_id} attempt {r.number} ({r.call_id or 'no call id'}):")
+            for message in r.transcript:
+                role = message.get("role", "?")
+                print(f"  {role}: {message.get('content', message)}")
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    """The calling rules' word on a dial, short: ``us@2026-12-01 14:02 America/Chicago``."""
+    parts = []
+    if evidence.get("rules"):
+        local = str(evidence.get("local_time", ""))[11:16]
+        zones = evidence.get("zones") or []
+        parts.append(f"{evidence['rules']} {local} {zones[0] if zones else ''}".strip())
+    if evidence.get("caps"):
+        parts.append("calls " + "/".join(f"{v} in {k}" for k, v in evidence["caps"].items()))
+    return "; ".join(parts)
+
+
+def _result(result: dict[str, Any]) -> str:
+    arguments = result.get("arguments") or {}
+    said = ", ".join(f"{k}={v}" for k, v in arguments.items())
+    return f"{result.get('tool')}({said})"
 
 
 def _time(value: datetime | None) -> str:

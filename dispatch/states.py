@@ -44,9 +44,13 @@ class SkipReason(StrEnum):
     INVALID_PHONE = "invalid_phone"
     EXPIRED = "expired"
     MALFORMED = "malformed"  # the source's data could not become a record (a bad CSV row)
+    DNC = "dnc"  # the number is on the do-not-call list
+    CAP = "cap"  # a per-number cap will not allow a call before the record expires
+    UNKNOWN_TIMEZONE = "unknown_timezone"  # calling hours apply, and no zone is known
+    NO_WINDOW = "no_window"  # the calling hours never open in every zone of the number
 
     @property
     def about_content(self) -> bool:
         """The record's data was at fault: an incremental source that yields the record again
         (the operator fixed the row) has it looked at again."""
-        return self in (SkipReason.INVALID_PHONE, SkipReason.MALFORMED)
+        return self in (SkipReason.INVALID_PHONE, SkipReason.MALFORMED, SkipReason.UNKNOWN_TIMEZONE)

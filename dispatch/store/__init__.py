@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import reports
 from .store import (
+    DoNotCall,
     Heartbeat,
     KnownRecord,
     Skipped,
@@ -14,6 +15,7 @@ from .store import (
 )
 
 __all__ = [
+    "DoNotCall",
     "Heartbeat",
     "KnownRecord",
     "Skipped",

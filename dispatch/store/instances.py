@@ -75,6 +75,17 @@ async def claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> list
     Raises :class:`StoreInUse` if another daemon's heartbeat is younger than ``expiry`` and
     its process is not provably gone.
     """
+    # Marked running before the commit: a second hub of this process that claims right after
+    # it must see a live daemon, not one whose hub stopped.
+    _RUNNING.add(me.id)
+    try:
+        return await _claim(engine, me, expiry=expiry)
+    except BaseException:
+        _RUNNING.discard(me.id)
+        raise
+
+
+async def _claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> list[Instance]:
     with translated("registering this daemon"):
         async with engine.begin() as conn:
             await _lock(conn)
@@ -92,7 +103,6 @@ async def claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> list
             if others:
                 await conn.execute(delete(instances).where(instances.c.id != me.id))
             await conn.execute(insert(instances).values(**_row(me)))
-    _RUNNING.add(me.id)
     return others
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "instances", "metadata", "outbox", "records", "sources"]
+__all__ = ["attempts", "do_not_call", "instances", "metadata", "outbox", "records", "sources"]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -84,6 +84,10 @@ attempts = Table(
     Column("dialed_at", UtcDateTime(), nullable=False),
     Column("ended_at", UtcDateTime()),
     Column("owner", String(64)),  # the instance that committed the intent (instances.id)
+    Column("started_at", UtcDateTime()),  # when the call connected (the platform's word)
+    Column("results", Text),  # JSON: the result tools called, [{"tool", "arguments", "at"}]
+    Column("transcript", Text),  # JSON: the messages of the call, as the platform sent them
+    Column("evidence", Text),  # JSON: what the calling rules saw at the dial (migration 0008)
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),
@@ -124,6 +128,7 @@ sources = Table(
     Column("strategy", String(200), primary_key=True),
     Column("pending", Integer, nullable=False),  # admitted, waiting for a slot or the limiter
     Column("waiting", Integer, nullable=False),  # waiting for a retry delay or not_before
+    Column("waiting_reasons", Text),  # JSON: {reason: count} of the waiting records
     Column("polled_at", UtcDateTime(), nullable=False),
 )
 
@@ -141,4 +146,18 @@ instances = Table(
     Column("boot_id", String(64)),  # with host: the same machine since the same boot
     Column("started_at", UtcDateTime(), nullable=False),
     Column("heartbeat_at", UtcDateTime(), nullable=False),
+)
+
+# Numbers never to be dialed again, shared by every strategy: an opt-out result adds the
+# callee's number (source "result"); an operator may add others.
+do_not_call = Table(
+    "do_not_call",
+    metadata,
+    Column("phone", String(32), primary_key=True),  # E.164
+    Column("added_at", UtcDateTime(), nullable=False),
+    Column("source", String(40), nullable=False),  # what added it: result, import, cli ...
+    Column("strategy", String(200)),
+    Column("record_id", String(500)),
+    Column("attempt_id", String(64)),  # the attempt whose result added it
+    Column("reason", String(500)),
 )

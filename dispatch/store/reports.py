@@ -6,6 +6,7 @@ WAL mode lets readers and the writer proceed together).
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ class StrategyStatus:
     pending: int = 0  # queued in the hub's memory at its last poll (not yet in the store)
     waiting: int = 0  # waiting for a retry delay or not_before, at the last poll
     polled_at: datetime | None = None
+    waiting_reasons: dict[str, int] = field(default_factory=dict)  # what they wait for
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class StatusReport:
                     "skipped": s.skipped,
                     "pending": s.pending,
                     "waiting": s.waiting,
+                    "waiting_reasons": s.waiting_reasons,
                     "polled_at": s.polled_at.isoformat() if s.polled_at else None,
                 }
                 for name, s in self.strategies.items()
@@ -77,6 +80,9 @@ class AttemptRow:
     duration: float | None
     dialed_at: datetime
     ended_at: datetime | None
+    results: list[dict[str, Any]] = field(default_factory=list)  # [{"tool", "arguments", "at"}]
+    evidence: dict[str, Any] = field(default_factory=dict)  # what the calling rules saw
+    transcript: list[dict[str, Any]] | None = None  # with transcripts=True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +96,9 @@ class AttemptRow:
             "duration": self.duration,
             "dialed_at": self.dialed_at.isoformat(),
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "results": self.results,
+            "evidence": self.evidence,
+            **({"transcript": self.transcript} if self.transcript is not None else {}),
         }
 
 
@@ -133,6 +142,9 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             pending=queues[name].pending if name in queues else 0,
             waiting=queues[name].waiting if name in queues else 0,
             polled_at=queues[name].polled_at if name in queues else None,
+            waiting_reasons=json.loads(queues[name].waiting_reasons or "{}")
+            if name in queues
+            else {},
         )
         for name in sorted(states)
     }
@@ -145,8 +157,10 @@ async def history(
     phone: str | None = None,
     record_id: str | None = None,
     strategy: str | None = None,
+    transcripts: bool = False,
 ) -> list[AttemptRow]:
-    """Every attempt for a phone (E.164) or a record id, oldest first."""
+    """Every attempt for a phone (E.164) or a record id, oldest first, with the results of
+    its call (and its transcript, with ``transcripts``)."""
     if phone is None and record_id is None:
         raise ValueError("give a phone or a record id")
     query = select(
@@ -160,6 +174,9 @@ async def history(
         attempts.c.duration,
         attempts.c.dialed_at,
         attempts.c.ended_at,
+        attempts.c.results,
+        attempts.c.transcript,
+        attempts.c.evidence,
     ).order_by(attempts.c.dialed_at, attempts.c.number)
     if phone is not None:
         query = query.where(attempts.c.phone == phone)
@@ -170,4 +187,13 @@ async def history(
     with translated("reading the history"):
         async with engine.connect() as conn:
             result = await conn.execute(query)
-            return [AttemptRow(**row._mapping) for row in result]
+            rows = []
+            for row in result:
+                values = dict(row._mapping)
+                values["results"] = json.loads(values["results"] or "[]")
+                values["evidence"] = json.loads(values["evidence"] or "{}")
+                transcript = values.pop("transcript")
+                if transcripts:
+                    values["transcript"] = json.loads(transcript or "[]")
+                rows.append(AttemptRow(**values))
+            return rows

@@ -13,6 +13,7 @@ Every driver error becomes a :class:`~dispatch.errors.StoreError` at this bounda
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -28,19 +29,22 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import aliased
 
+from ..abc import CallResult
 from ..clock import Clock, SystemClock
 from ..errors import StoreError
 from ..options import Backoff, RecoverMode
 from ..record import Record
+from ..rules.caps import DialStart, is_refusal
 from ..states import AttemptState, RecordState, SkipReason
 from . import instances as inst
 from . import outbox as ob
 from .errors import translated
 from .migrate import upgrade_connection
-from .models import attempts, instances, records, sources
+from .models import attempts, do_not_call, instances, records, sources
 from .writer import Statements, Writer
 
 __all__ = [
+    "DoNotCall",
     "Heartbeat",
     "KnownRecord",
     "Skipped",
@@ -174,6 +178,7 @@ class Store:
         self._upsert_record = _UPSERT_RECORD[self.url.get_backend_name()]
         self._upsert_source = _UPSERT_SOURCE[self.url.get_backend_name()]
         self._insert_attempt = _INSERT_ATTEMPT[self.url.get_backend_name()]
+        self._add_do_not_call = _ADD_DO_NOT_CALL[self.url.get_backend_name()]
         self._queue_size = queue_size
         # Created by open(): a Store built but never opened holds nothing.
         self._writer: Writer | None = None
@@ -421,6 +426,30 @@ class Store:
             async with self.engine.connect() as conn:
                 return list((await conn.execute(query)).scalars())
 
+    async def dial_history(self, since: datetime) -> list[DialStart]:
+        """Every dial start after ``since`` (all strategies), oldest first, with whether the
+        callee refused: what the per-number caps are seeded with on start."""
+        query = (
+            select(attempts.c.phone, attempts.c.dialed_at, attempts.c.reason, attempts.c.evidence)
+            .where(attempts.c.dialed_at > since)
+            .order_by(attempts.c.dialed_at)
+        )
+        with translated("reading recent dial starts"):
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return [
+            DialStart(phone, at, refused=is_refusal(reason) or '"refused": true' in (ev or ""))
+            for phone, at, reason, ev in rows
+        ]
+
+    async def do_not_call_fingerprint(self) -> tuple[int, datetime | None]:
+        """(entries, latest addition) of the do-not-call list: changes when it does."""
+        query = select(func.count(), func.max(do_not_call.c.added_at))
+        with translated("reading the do-not-call list"):
+            async with self.engine.connect() as conn:
+                count, latest = (await conn.execute(query)).one()
+        return int(count), latest
+
     async def maybe_live(self, since: datetime) -> dict[str, datetime]:
         """Numbers whose latest call may still be live at the platform (interrupted by a
         crash or a drain, or of unknown outcome) and ended after ``since``: number -> when."""
@@ -444,8 +473,10 @@ class Store:
         number: int,
         phone: str,
         at: datetime,
+        evidence: Mapping[str, Any] | None = None,
     ) -> None:
-        """Commit that attempt ``number`` of the record is about to be dialed.
+        """Commit that attempt ``number`` of the record is about to be dialed (with the
+        ``evidence`` of the calling rules that let it through).
 
         Fails at once with :class:`~dispatch.errors.StoreUnavailable` while the store is
         unreachable. Idempotent by ``attempt_id``: after a commit whose result was lost with
@@ -465,6 +496,7 @@ class Store:
                         "state": AttemptState.DIALING.value,
                         "dialed_at": at,
                         "owner": owner,
+                        "evidence": json.dumps(dict(evidence), default=str) if evidence else None,
                     },
                 ),
                 (
@@ -503,9 +535,17 @@ class Store:
         at: datetime,
         callback: ob.Callback | None = None,
         retry_at: datetime | None = None,
+        started_at: datetime | None = None,
+        results: Sequence[CallResult] = (),
+        transcript: Sequence[Mapping[str, Any]] = (),
+        callbacks: Sequence[ob.Callback] = (),
+        opt_out: DoNotCall | None = None,
     ) -> None:
-        """Commit an attempt's outcome, the record's resulting state and the callback that
-        reports it, together. ``retry_at``: when a record put back to ``retry`` is due.
+        """Commit an attempt's outcome, the record's resulting state and the callbacks that
+        report it (``callback``, or several in order as ``callbacks``), together.
+        ``retry_at``: when a record put back to ``retry`` is due. ``results`` and
+        ``transcript``: what the call captured. ``opt_out``: a number to add to the
+        do-not-call list in the same transaction.
 
         Held through an outage: returns once committed, however long the store is away."""
         reason = reason[:500] if reason is not None else None
@@ -520,6 +560,9 @@ class Store:
                     "b_call_id": call_id,
                     "b_duration": duration,
                     "b_at": at,
+                    "b_started_at": started_at,
+                    "b_results": _results_json(results),
+                    "b_transcript": _transcript_json(transcript),
                 },
             ),
             (
@@ -535,7 +578,56 @@ class Store:
                 },
             ),
         ]
-        await self._write(_with_callback(statements, callback, at))
+        if opt_out is not None:
+            statements.append((self._add_do_not_call, opt_out.row(at)))
+        for each in (callback, *callbacks):
+            _with_callback(statements, each, at)
+        await self._write(statements)
+
+    async def add_do_not_call(self, entries: Sequence[DoNotCall], *, at: datetime) -> None:
+        """Add numbers to the do-not-call list (a number already there is left as it was)."""
+        await self._write([(self._add_do_not_call, entry.row(at)) for entry in entries])
+
+    async def do_not_call(self) -> dict[str, DoNotCall]:
+        """The do-not-call list, by number."""
+        query = select(do_not_call)
+        with translated("reading the do-not-call list"):
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return {
+            row.phone: DoNotCall(
+                row.phone,
+                row.source,
+                row.strategy,
+                row.record_id,
+                row.reason,
+                row.added_at,
+                row.attempt_id,
+            )
+            for row in rows
+        }
+
+    async def rejections(self) -> dict[tuple[str, str], list[str | None]]:
+        """The rejection reasons, oldest first, of every record waiting to retry."""
+        query = (
+            select(attempts.c.strategy, attempts.c.record_id, attempts.c.reason)
+            .join(
+                records,
+                and_(
+                    records.c.strategy == attempts.c.strategy,
+                    records.c.record_id == attempts.c.record_id,
+                ),
+            )
+            .where(records.c.state == RecordState.RETRY.value)
+            .where(attempts.c.state == AttemptState.REJECTED.value)
+            .order_by(attempts.c.number)
+        )
+        found: dict[tuple[str, str], list[str | None]] = {}
+        with translated("reading the rejections of records to retry"):
+            async with self.engine.connect() as conn:
+                for strategy, record_id, reason in (await conn.execute(query)).all():
+                    found.setdefault((strategy, record_id), []).append(reason)
+        return found
 
     async def skipped(self, skips: Sequence[Skipped], *, at: datetime) -> None:
         """Commit that records were refused by admission (terminal, never dialed again), with
@@ -550,10 +642,24 @@ class Store:
             _with_callback(statements, skip.callback, at)
         await self._write(statements)
 
-    async def polled(self, strategy: str, *, pending: int, waiting: int, at: datetime) -> None:
+    async def polled(
+        self,
+        strategy: str,
+        *,
+        pending: int,
+        waiting: int,
+        at: datetime,
+        reasons: Mapping[str, int] | None = None,
+    ) -> None:
         """Commit what the hub holds in memory for a strategy after a poll (best effort: fails
-        at once while the store is unreachable)."""
-        row = {"strategy": strategy, "pending": pending, "waiting": waiting, "polled_at": at}
+        at once while the store is unreachable); ``reasons`` counts the waiting by reason."""
+        row = {
+            "strategy": strategy,
+            "pending": pending,
+            "waiting": waiting,
+            "polled_at": at,
+            "waiting_reasons": json.dumps(dict(reasons)) if reasons else None,
+        }
         await self._write([(self._upsert_source, row)], held=False)
 
     async def delivered(self, outbox_ids: list[int], at: datetime) -> None:
@@ -569,6 +675,30 @@ class Store:
 
     async def _write(self, statements: Statements, *, held: bool = True) -> None:
         await self._open_writer().write(statements, held=held)
+
+
+@dataclass(frozen=True, slots=True)
+class DoNotCall:
+    """A number never to be dialed again, and what put it on the list."""
+
+    phone: str
+    source: str  # "result" (an opt-out answer), "import", "cli" ...
+    strategy: str | None = None
+    record_id: str | None = None
+    reason: str | None = None
+    added_at: datetime | None = None  # as read from the store
+    attempt_id: str | None = None  # the attempt whose result put it there
+
+    def row(self, at: datetime) -> dict[str, Any]:
+        return {
+            "phone": self.phone[:32],
+            "added_at": at,
+            "source": self.source[:40],
+            "strategy": self.strategy,
+            "record_id": self.record_id[:500] if self.record_id else None,
+            "reason": self.reason[:500] if self.reason else None,
+            "attempt_id": self.attempt_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,7 +778,7 @@ def _upsert_sources(dialect: Any) -> Executable:
     stmt = dialect.insert(sources)
     upsert: Executable = stmt.on_conflict_do_update(
         index_elements=[sources.c.strategy],
-        set_={c: stmt.excluded[c] for c in ("pending", "waiting", "polled_at")},
+        set_={c: stmt.excluded[c] for c in ("pending", "waiting", "polled_at", "waiting_reasons")},
     )
     return upsert
 
@@ -685,8 +815,42 @@ _FINISH_ATTEMPT = (
         call_id=bindparam("b_call_id"),
         duration=bindparam("b_duration"),
         ended_at=bindparam("b_at"),
+        started_at=bindparam("b_started_at"),
+        results=bindparam("b_results"),
+        transcript=bindparam("b_transcript"),
     )
 )
+
+# What the ledger keeps of a transcript: a call of an hour fits; a runaway one is cut.
+TRANSCRIPT_LIMIT = 256 * 1024
+
+
+def _results_json(results: Sequence[CallResult]) -> str | None:
+    return json.dumps([r.to_json() for r in results], default=str) if results else None
+
+
+def _transcript_json(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The transcript as JSON, its oldest messages kept whole up to TRANSCRIPT_LIMIT."""
+    if not messages:
+        return None
+    kept: list[str] = []
+    size = 2
+    for message in messages:
+        encoded = json.dumps(dict(message), default=str)
+        if size + len(encoded) + 1 > TRANSCRIPT_LIMIT:
+            kept.append(json.dumps({"truncated": len(messages) - len(kept)}))
+            break
+        kept.append(encoded)
+        size += len(encoded) + 1
+    return "[" + ",".join(kept) + "]"
+
+
+def _add_do_not_call(dialect: Any) -> Executable:
+    stmt: Executable = dialect.insert(do_not_call).on_conflict_do_nothing(index_elements=["phone"])
+    return stmt
+
+
+_ADD_DO_NOT_CALL = {"sqlite": _add_do_not_call(sqlite), "postgresql": _add_do_not_call(postgresql)}
 _UPDATE_RECORD = (
     update(records)
     .where(records.c.strategy == bindparam("b_strategy"))

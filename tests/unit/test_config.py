@@ -200,3 +200,97 @@ def test_a_sqlite_source_is_found_beside_the_configuration(tmp_path: Path) -> No
     strategy = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)._sources[0].strategy
     assert isinstance(strategy, SqlStrategy)
     assert strategy.url.database == str(tmp_path / "crm.db")
+
+
+RULES = """
+[caps]
+per_24h = 3
+per_30d = 4
+min_gap = "4h"
+
+[retry]
+attempts = 1
+delay = "30s"
+[retry.busy]
+attempts = 2
+delay = "10m"
+[retry.no_answer]
+attempts = 1
+delay = "2h"
+
+[pacing]
+max_calls_per_second = 2.5
+
+[[strategies]]
+kind = "csv"
+path = "leads.csv"
+schedule = "0 9-17 * * mon-fri"
+schedule_timezone = "Europe/Paris"
+active = { from = "2026-12-01", until = "2026-12-24" }
+[strategies.calling_hours]
+rules = "fr"
+[strategies.caps]
+per_24h = 1
+cooldown_after_refusal = "60d"
+[[strategies.result_actions]]
+when = { status = "stop" }
+action = "opt_out"
+
+[[strategies]]
+kind = "csv"
+name = "inline"
+path = "leads.csv"
+[strategies.calling_hours]
+windows = [{ days = "mon-fri", from = "09:00", to = "18:00" }]
+holidays = "US-FL"
+timezone = "America/New_York"
+"""
+
+
+def test_calling_rules_caps_retries_and_schedules_come_from_the_file(tmp_path: Path) -> None:
+    from datetime import date
+
+    from dispatch import ActionKind
+    from dispatch.options import RetryRule
+    from dispatch.rules.caps import Caps
+
+    hub = build_hub(load_settings(write(tmp_path, RULES)), base=tmp_path)
+    assert hub.caps == Caps(per_24h=3, per_30d=4, min_gap=4 * 3600)
+    assert hub.retry.by_reason == {"busy": RetryRule(2, 600.0), "no_answer": RetryRule(1, 7200.0)}
+    assert (hub.retry.attempts, hub.retry.delay, hub.retry.max_dials) == (1, 30.0, 5)
+    assert hub.pacing.max_calls_per_second == 2.5
+    leads = hub.calling_rules("leads")
+    assert leads.pack is not None
+    assert leads.pack.name == "fr"
+    # The hub's caps, the fr pack's (4 in 30 days, 60 days after a refusal), the strategy's.
+    assert leads.caps == Caps(per_24h=1, per_30d=4, min_gap=4 * 3600,
+                              cooldown_after_refusal=60 * 86400)  # fmt: skip
+    assert leads.schedule is not None
+    assert (leads.schedule.active_from, leads.schedule.active_until) == (
+        date(2026, 12, 1),
+        date(2026, 12, 24),
+    )
+    [action] = hub.strategies[0].result_actions
+    assert action.action is ActionKind.OPT_OUT
+    inline = hub.calling_rules("inline")
+    assert inline.pack is not None
+    assert inline.pack.name == "custom"
+    assert [z.key for z in inline.pack.fallback_zones] == ["America/New_York"]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "match"),
+    [
+        ('[strategies.calling_hours]\nrules = "mars"\n', "unknown rule pack 'mars'"),
+        (
+            '[strategies.calling_hours]\nwindows = [{ days = "someday", from = "9", to = "5" }]\n',
+            r"strategies\.calling_hours: windows\[0\]",
+        ),
+        ('schedule = "every day"\n', "invalid cron schedule"),
+        ('[strategies.caps]\nmin_gap = "4 hours"\n', "invalid duration '4 hours'"),
+    ],
+)
+def test_a_bad_calling_rule_is_one_line_naming_it(tmp_path: Path, snippet: str, match: str) -> None:
+    path = write(tmp_path, MINIMAL + snippet)
+    with pytest.raises(ConfigError, match=match):
+        build_hub(load_settings(path), base=tmp_path)

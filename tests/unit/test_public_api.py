@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "dispatch.options",
     "dispatch.pacing",
     "dispatch.record",
+    "dispatch.results",
     "dispatch.states",
 ]
 

@@ -1,0 +1,60 @@
+"""``dispatch check`` explains every hold and skip of the calling rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dispatch.check import check
+from dispatch.config import load_settings
+from dispatch.store import DoNotCall, Store
+from dispatch.testing import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = """
+[store]
+url = "sqlite:///dispatch.db"
+
+[[strategies]]
+kind = "csv"
+path = "leads.csv"
+watch = false
+timezone = "{timezone}"
+[strategies.calling_hours]
+rules = "us"
+"""
+
+
+async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(CONFIG)
+    (tmp_path / "leads.csv").write_text(
+        "id,phone,timezone,not_after\n"
+        "ny,+12125552671,,\n"
+        "la,+12135552671,,\n"
+        "stop,+12125552672,,\n"
+        "mars,+12125552673,Mars/Olympus,\n"
+    )
+    store = Store(f"sqlite:///{tmp_path / 'dispatch.db'}")
+    await store.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        await store.add_do_not_call(
+            [DoNotCall("+12125552672", "cli")], at=datetime(2026, 1, 2, tzinfo=UTC)
+        )
+        store.close()
+    await store.aclose()
+    settings = load_settings(tmp_path / "config.toml")
+    # Monday 15:00 UTC: 10:00 in New York, 07:00 in Los Angeles.
+    report = await check(settings, tmp_path, limit=10, clock=ManualClock())
+    [source] = report.sources
+    assert source.samples == [
+        ("dial", "ny", "+12125552671"),
+        ("wait", "la", "outside hours until 08:00 America/Los_Angeles (us)"),
+        ("skip", "stop", "dnc: dnc since 2026-01-02"),
+        ("skip", "mars", "unknown_timezone: unknown time zone 'Mars/Olympus': give an IANA "
+                         "name such as 'America/New_York'"),
+    ]  # fmt: skip
