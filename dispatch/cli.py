@@ -1,7 +1,10 @@
 """The ``dispatch`` command line.
 
-Exit codes: 0 success (including a drained stop on SIGTERM/SIGINT); 1 runtime failure (store
-unreachable, agent failure); 2 bad usage or invalid configuration.
+Exit codes: 0 success (including a drained stop on SIGTERM/SIGINT, and a reader such as
+``head`` that stopped reading); 1 runtime failure (store unreachable, agent failure); 2 bad
+usage or invalid configuration (a missing file or directory it names, a database driver that
+is not installed). Each failure is one line naming the cause and the fix; no line, printed or
+logged, shows a secret of the configuration.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import __version__
-from .errors import ConfigError, DispatchError, dispatch_error_in
+from .errors import ConfigError, DispatchError, StoreUnavailable, dispatch_error_in
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -118,57 +122,93 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The commands that open the store for writing (and would create a SQLite file).
+_WRITERS = ("run", "check", "db", "dnc")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        code = _main(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        # The reader went away (`dispatch history | head`): what it read is all it wanted.
+        # Further output goes nowhere, and the interpreter's last flush finds nothing to write.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     # Imported here so `dispatch --help` stays fast.
     from .config import load_settings
-    from .logs import configure_logging
+    from .logs import configure_logging, redact, register_secrets
 
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"dispatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.logging.level, settings.logging.format)
     base = args.config.resolve().parent
+    from .service.preflight import missing_extra, preflight
+    from .service.secrets import configured_secrets
+
+    register_secrets(configured_secrets(settings, base))
+    configure_logging(settings.logging.level, settings.logging.format)
     try:
-        if args.command == "run":
-            from .daemon import run_daemon
-
-            anyio.run(
-                functools.partial(
-                    run_daemon, settings, base=base, exit_when_done=args.exit_when_done
-                )
-            )
-        elif args.command == "check":
-            from .check import check
-
-            found = anyio.run(functools.partial(check, settings, base, limit=args.limit))
-            print(json.dumps(found.as_json(), indent=2) if args.json else "\n".join(found.lines()))
-            return EXIT_OK if found.ok else EXIT_FAILURE
-        elif args.command == "db":
-            anyio.run(_upgrade, settings, base)
-        elif args.command == "dnc":
-            from .dnc_cli import run as dnc
-
-            return anyio.run(dnc, settings, base, args)
-        else:
-            from .report_cli import history, status
-
-            report = status if args.command == "status" else history
-            anyio.run(report, settings, base, args)
+        if args.command in _WRITERS:
+            preflight(settings, base, sources=args.command in ("run", "check"))
+        return _command(args, settings, base)
     except ConfigError as exc:
-        print(f"dispatch: configuration error: {exc}", file=sys.stderr)
+        print(f"dispatch: configuration error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (DispatchError, ExceptionGroup) as raised:
+    except (DispatchError, ExceptionGroup, ModuleNotFoundError) as raised:
+        if (fix := missing_extra(raised)) is not None:
+            print(f"dispatch: configuration error: {fix}", file=sys.stderr)
+            return EXIT_USAGE
         error = dispatch_error_in(raised)
         if error is None:
             raise
+        message = redact(str(error))
+        if isinstance(error, StoreUnavailable) and args.command in ("run", "db"):
+            message += (
+                "; is the database running and reachable, and is [store] url (or "
+                "DISPATCH_STORE__URL) right?"
+            )
         if args.command in ("status", "history", "check", "dnc"):
-            print(f"dispatch: {error}", file=sys.stderr)
+            print(f"dispatch: {message}", file=sys.stderr)
         else:
-            logger.error("dispatch.failed %s: %s", type(error).__name__, error)
+            logger.error("dispatch.failed %s: %s", type(error).__name__, message)
         return EXIT_FAILURE
+
+
+def _command(args: argparse.Namespace, settings: Settings, base: Path) -> int:
+    if args.command == "run":
+        from .daemon import run_daemon
+
+        anyio.run(
+            functools.partial(run_daemon, settings, base=base, exit_when_done=args.exit_when_done)
+        )
+    elif args.command == "check":
+        from .check import check
+        from .logs import redact
+
+        found = anyio.run(functools.partial(check, settings, base, limit=args.limit))
+        text = json.dumps(found.as_json(), indent=2) if args.json else "\n".join(found.lines())
+        print(redact(text))
+        return EXIT_OK if found.ok else EXIT_FAILURE
+    elif args.command == "db":
+        anyio.run(_upgrade, settings, base)
+    elif args.command == "dnc":
+        from .dnc_cli import run as dnc
+
+        return anyio.run(dnc, settings, base, args)
+    else:
+        from .report_cli import history, status
+
+        report = status if args.command == "status" else history
+        anyio.run(report, settings, base, args)
     return EXIT_OK
 
 

@@ -1,42 +1,65 @@
-"""The daemon: a hub built from configuration, with signal handling.
+"""The daemon: a hub built from configuration, run under a service manager's eye.
 
-SIGTERM and SIGINT stop dialing and drain calls in flight (up to ``drain_timeout``), then the
-process exits 0. A second signal during the drain is logged and ignored, so a systemd stop
-never cuts an outcome short; systemd's own stop timeout is the hard limit.
+Signals (:mod:`dispatch.service.signals`): SIGTERM and SIGINT drain calls in flight, then the
+process exits 0; SIGHUP is logged and ignored. Under systemd (``Type=notify``) it says
+``READY=1`` once the hub is up (the store migrated, the agent connected and registered, the
+strategies open), keeps ``STATUS=`` current, pings the watchdog from the event loop and says
+``STOPPING=1`` when the drain begins.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from .config import Settings, build_hub
 from .hub import DispatchHub
+from .service.notify import Notifier
+from .service.signals import watch_signals
+from .service.status import hub_status, report_status
+from .service.watchdog import feed_watchdog, watchdog_interval
 
 __all__ = ["run_daemon"]
 
 logger = logging.getLogger(__name__)
 
 
-async def run_daemon(settings: Settings, *, base: Path, exit_when_done: bool = False) -> None:
+async def run_daemon(
+    settings: Settings,
+    *,
+    base: Path,
+    exit_when_done: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
     hub = build_hub(settings, base=base, exit_when_done=exit_when_done)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, hub)
-        await hub.run()
-        tg.cancel_scope.cancel()
+    notifier = Notifier.from_environ(environ)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_signals, hub, notifier)
+            interval = watchdog_interval(environ)
+            if interval is not None and notifier.enabled:
+                tg.start_soon(feed_watchdog, notifier, interval)
+            notifier.status("starting: opening the store, the agent and the strategies")
+            # Returns once the hub runs: what READY=1 promises.
+            await tg.start(_run, hub, tg.cancel_scope)
+            status = hub_status(hub, notifier)
+            notifier.ready(status)
+            tg.start_soon(report_status, notifier, hub, status)
+    finally:
+        notifier.stopping()
+        notifier.close()
 
 
-async def _watch_signals(hub: DispatchHub) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        draining = False
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if draining:
-                logger.warning("daemon.signal %s again: still draining calls in flight", name)
-                continue
-            draining = True
-            logger.info("daemon.signal %s: no new dials, draining calls in flight", name)
-            hub.stop()
+async def _run(
+    hub: DispatchHub,
+    daemon: anyio.CancelScope,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    await hub.run(task_status=task_status)
+    daemon.cancel()  # the hub is done: so are the signal watcher, the watchdog, the status

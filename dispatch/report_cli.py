@@ -74,7 +74,8 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
             ("waiting for", s.waiting_reasons),
         ):
             if counts:
-                listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                # A count of 0 is a note, not a count (when a closed schedule opens).
+                listed = ", ".join(f"{k} {v}" if v else k for k, v in sorted(counts.items()))
                 print(f"{name}: {label}: {listed}")
     print(
         f"calls in flight: {report.in_flight}; "
@@ -155,7 +156,12 @@ def _result(result: dict[str, Any]) -> str:
 
 
 def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+    """A stored time, in UTC, saying so (the store keeps UTC; naive values are UTC too)."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

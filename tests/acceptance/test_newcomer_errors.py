@@ -1,0 +1,175 @@
+"""First-contact mistakes, through the real `dispatch` command: each one is a single line that
+names the cause and the fix, with exit code 1 (runtime) or 2 (configuration), never a
+traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.acceptance
+
+DISPATCH = str(Path(sys.executable).with_name("dispatch"))
+FAST = {"DISPATCH_AGENT__TIME_SCALE": "0.001", "DISPATCH_RETRY__DELAY": "0.01"}
+# Nothing listens on port 1: a refused connection, at once.
+UNREACHABLE = "postgresql://dialer:pw-for-the-test@127.0.0.1:1/dispatch"
+
+
+def dispatch(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    return subprocess.run(
+        [DISPATCH, *args, "-c", "config.toml"],
+        cwd=cwd,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The only line the command wrote (stdout and stderr together)."""
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+def edit(workdir: Path, old: str, new: str) -> None:
+    config = workdir / "config.toml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+
+
+def test_an_unreachable_store_is_one_line_naming_it_and_exit_1(workdir: Path) -> None:
+    result = dispatch("run", cwd=workdir, env={"DISPATCH_STORE__URL": UNREACHABLE})
+    assert result.returncode == 1
+    line = one_line(result)
+    assert "dispatch.failed StoreUnavailable: store unreachable" in line
+    assert "ConnectionRefusedError" in line
+    assert "is the database running" in line
+    assert "[store] url" in line
+    assert "pw-for-the-test" not in line
+
+
+def test_a_missing_driver_names_the_extra_to_install_and_exit_2(
+    workdir: Path, tmp_path: Path
+) -> None:
+    # asyncpg as a machine without the [postgres] extra has it: not importable.
+    shadow = tmp_path / "shadow" / "asyncpg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'asyncpg'\", name='asyncpg')\n"
+    )
+    env = {"DISPATCH_STORE__URL": UNREACHABLE, "PYTHONPATH": str(tmp_path / "shadow")}
+    for command in ("run", "check"):
+        result = dispatch(command, cwd=workdir, env=env)
+        assert result.returncode == 2, result.stderr
+        assert one_line(result) == (
+            "dispatch: configuration error: the PostgreSQL driver is not installed "
+            "(No module named 'asyncpg'): pip install 'pinecall-dispatch[postgres]'"
+        )
+
+
+def test_a_store_in_a_directory_that_does_not_exist_exit_2(workdir: Path) -> None:
+    edit(workdir, 'url = "sqlite:///dispatch.db"', 'url = "sqlite:///state/dispatch.db"')
+    for command in ("run", "check", "db"):
+        args = (command, "upgrade") if command == "db" else (command,)
+        result = dispatch(*args, cwd=workdir)
+        assert result.returncode == 2, result.stderr
+        assert one_line(result) == (
+            f"dispatch: configuration error: store.url: the directory {workdir / 'state'} for "
+            "the SQLite store does not exist (create it, or point [store] url at a file in an "
+            "existing directory)"
+        )
+    assert not (workdir / "state").exists()
+
+
+def test_a_postgres_url_is_taken_for_postgresql(workdir: Path) -> None:
+    unreachable = UNREACHABLE.replace("postgresql://", "postgres://")
+    result = dispatch("run", cwd=workdir, env={"DISPATCH_STORE__URL": unreachable})
+    assert result.returncode == 1
+    assert "store unreachable" in one_line(result)  # reached for, as postgresql://
+
+
+def test_a_csv_path_that_does_not_exist_fails_run_and_check_with_exit_2(workdir: Path) -> None:
+    edit(workdir, 'path = "examples/leads.csv"', 'path = "examples/leeds.csv"')
+    for command in ("run", "check"):
+        result = dispatch(command, cwd=workdir, env=FAST)
+        assert result.returncode == 2, result.stdout
+        assert one_line(result) == (
+            f"dispatch: configuration error: strategies[0].path: the CSV file "
+            f"{workdir / 'examples' / 'leeds.csv'} does not exist (fix the path; a relative "
+            f"one follows the configuration file's directory, {workdir})"
+        )
+    assert not (workdir / "dispatch.db").exists()  # nothing was started
+
+
+def test_an_unknown_default_region_exit_2(workdir: Path) -> None:
+    edit(workdir, 'default_region = "US"', 'default_region = "XX"')
+    result = dispatch("check", cwd=workdir)
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "dispatch: configuration error: config.toml: default_region: Value error, unknown "
+        "region 'XX' (give a country code phonenumbers knows: US, GB, FR...)"
+    )
+
+
+def test_a_region_in_lower_case_is_taken(workdir: Path) -> None:
+    edit(workdir, 'default_region = "US"', 'default_region = "us"')
+    result = dispatch("check", cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "dial  appt-001                 +14155552671" in result.stdout  # "(415) 555-2671"
+
+
+def test_an_invalid_environment_override_is_blamed_on_the_variable(workdir: Path) -> None:
+    result = dispatch("check", cwd=workdir, env={"DISPATCH_PACING__MAX_CONCURRENT": "-1"})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "dispatch: configuration error: environment variable DISPATCH_PACING__MAX_CONCURRENT "
+        "(sets pacing.max_concurrent): Input should be greater than or equal to 1"
+    )
+
+
+def test_an_environment_override_that_is_not_json_is_blamed_on_the_variable(
+    workdir: Path,
+) -> None:
+    result = dispatch("check", cwd=workdir, env={"DISPATCH_AGENT__RING_SECONDS": "[0,"})
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith("dispatch: configuration error: environment (")
+    assert "DISPATCH_AGENT__RING_SECONDS" in line
+    assert "JSON" in line
+
+
+def test_history_into_a_reader_that_stops_early_exits_quietly(workdir: Path) -> None:
+    assert dispatch("run", "--exit-when-done", cwd=workdir, env=FAST).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # `| head -0`: the reader is gone before the first line
+    process = subprocess.Popen(
+        [DISPATCH, "history", "-c", "config.toml", "--phone", "+14155552671"],
+        cwd=workdir,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write)
+    _, errors = process.communicate(timeout=120)
+    assert errors == ""
+    assert process.returncode == 0
+
+
+def test_status_and_history_say_their_times_are_utc(workdir: Path) -> None:
+    assert dispatch("run", "--exit-when-done", cwd=workdir, env=FAST).returncode == 0
+    status = dispatch("status", cwd=workdir).stdout.splitlines()
+    assert status[1].endswith(" UTC")  # the reminders row's last poll
+    history = dispatch("history", "--record", "appt-001", cwd=workdir).stdout.splitlines()
+    assert history[1].count(" UTC") == 2  # dialed at, ended at
