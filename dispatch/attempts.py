@@ -261,9 +261,7 @@ class Attempts:
         left alone for this run, as the next start will find it: in flight, to be recovered
         as interrupted, never dialed again in between."""
         end = outcome.end
-        action = decide_action(end.results, source.strategy.result_actions) if end else None
-        if end is not None and end.reason in self.opt_out_reasons.get(source.name, ()):
-            action = Action(ActionKind.OPT_OUT)
+        action = self._action(source, record, end)
         call_back = self._call_back(record, number, action)
         key = (source.name, record.id)
         earlier = self.rejections.get(key, [])
@@ -306,6 +304,7 @@ class Attempts:
                 results=end.results if end else (),
                 transcript=end.transcript if end else (),
                 opt_out=_opt_out(source.name, record, action, attempt_id, outcome.reason),
+                refused=_refused(action, outcome.reason),
             )
         except StoreError as exc:
             # Not committed: never dial this record again in this run (the ledger says it is
@@ -329,10 +328,7 @@ class Attempts:
             self.rejections[key] = [*earlier, outcome.reason]
         elif record_state is not RecordState.RETRY:
             self.rejections.pop(key, None)
-        if is_refusal(outcome.reason) or (action is not None and action.kind is ActionKind.REFUSED):
-            self.caps.refused(record.phone, now)
-        if action is not None and action.kind is ActionKind.OPT_OUT:
-            self.dnc.add(record.phone, now)
+        self._acted(record, action, outcome.reason)
         if outcome.maybe_live:
             self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
             self._remember_unknown(attempt_id, source, record, number)
@@ -352,6 +348,29 @@ class Attempts:
             self.queue.delay(source, record, self.clock.monotonic() + wait)
         elif record_state is not RecordState.COMPLETED:
             self.counters.failed += 1
+
+    def _action(self, source: Source, record: Record, end: CallEnd | None) -> Action | None:
+        """What the call's results (or its end reason) make of the record. A failure here is
+        the results' fault, never the outcome's: it is logged and the outcome still
+        committed, with no action."""
+        if end is None:
+            return None
+        if end.reason in self.opt_out_reasons.get(source.name, ()):
+            return Action(ActionKind.OPT_OUT)
+        try:
+            return decide_action(end.results, source.strategy.result_actions)
+        except Exception:
+            logger.exception("result.action_failed record=%s (no action taken)", record.id)
+            return None
+
+    def _acted(self, record: Record, action: Action | None, reason: str | None) -> None:
+        """In memory, once the outcome is committed: an opt-out's number is not dialed again,
+        a refusal starts the number's cool-down."""
+        now = self.clock.now()
+        if _refused(action, reason):
+            self.caps.refused(record.phone, now)
+        if action is not None and action.kind is ActionKind.OPT_OUT:
+            self.dnc.add(record.phone, now)
 
     def _call_back(self, record: Record, number: int, action: Action | None) -> datetime | None:
         """When a ``call_back_at`` result asks for the record to be dialed again, if it can
@@ -415,7 +434,7 @@ class Attempts:
             return
         source, record, number = entry.source, entry.record, entry.number
         end = outcome.end
-        action = decide_action(end.results, source.strategy.result_actions) if end else None
+        action = self._action(source, record, end)
         callbacks = _result_callbacks(source.name, record, outcome.call_id, end)
         if outcome.started:
             state, record_state = AttemptState.COMPLETED, RecordState.COMPLETED
@@ -439,12 +458,14 @@ class Attempts:
                 results=end.results if end else (),
                 transcript=end.transcript if end else (),
                 opt_out=_opt_out(source.name, record, action, outcome.dispatch_id, outcome.reason),
+                refused=_refused(action, outcome.reason),
             )
         except StoreError as exc:
             logger.error("store.late_outcome_failed record=%s error=%s", record.id, exc)
             return
         del self._unknown[outcome.dispatch_id]
         source.known[record.id] = KnownRecord.of(record_state, number)
+        self._acted(record, action, outcome.reason)
         self.queue.unhold(record.phone)  # the call is over: its number is free
         self.outbox.wake()
         logger.warning(
@@ -512,3 +533,8 @@ def _opt_out(
     else:
         reason = f"call ended: {end_reason}"
     return DoNotCall(record.phone, "result", strategy, record.id, reason, attempt_id=attempt_id)
+
+
+def _refused(action: Action | None, reason: str | None) -> bool:
+    """The callee refused: a rejection that says so, or a ``refused`` answer."""
+    return is_refusal(reason) or (action is not None and action.kind is ActionKind.REFUSED)

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 from sqlalchemy.engine import URL, make_url
 
 from .abc import Agent, Strategy
@@ -37,10 +42,12 @@ if TYPE_CHECKING:
 
     from .results import ResultAction, ResultTool
     from .rules.hours import RulePack
+    from .webhooks import WebhookEndpoint
 
 __all__ = [
     "AgentConfig",
     "CsvStrategyConfig",
+    "HttpStrategyConfig",
     "PinecallAgentConfig",
     "PythonStrategyConfig",
     "Settings",
@@ -79,6 +86,20 @@ def _duration(value: object) -> object:
 
 # A duration in seconds, written as seconds or as "30s", "10m", "2h", "60d".
 Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def _region(value: object) -> object:
+    """A region phonenumbers knows, in capitals (``"us"`` -> ``"US"``)."""
+    if not isinstance(value, str):
+        return value
+    import phonenumbers
+
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(
+            f"unknown region {value!r} (give a country code phonenumbers knows: US, GB, FR...)"
+        )
+    return region
 
 
 class PacingConfig(_Section):
@@ -386,8 +407,9 @@ class _StrategySection(_Section):
         return strategy
 
 
-class _RowTemplates(_StrategySection):
-    """How a row (a CSV line, a table row) becomes a record: templates over its columns."""
+class _Templates(_StrategySection):
+    """How a row (a CSV line, a table row, an API's item) becomes a record: templates over
+    its fields."""
 
     name: str | None = None
     id: str | None = None
@@ -397,6 +419,9 @@ class _RowTemplates(_StrategySection):
     prompt_vars: dict[str, str] = Field(default_factory=dict)
     from_: str | None = Field(None, alias="from")
     timezone: str | None = None
+
+
+class _RowTemplates(_Templates):
     write_back: WriteBackConfig | None = None
 
     def _write_back(self, base: Path) -> WriteBack | None:
@@ -481,6 +506,76 @@ class SqlStrategyConfig(_RowTemplates):
         return url
 
 
+class HttpAuthConfig(_Section):
+    """``[strategies.auth]``: one secret, from one source, in one header."""
+
+    token: SecretStr | None = Field(None, description="Prefer token_env, token_file, credential.")
+    token_env: str | None = Field(None, min_length=1, description="An environment variable.")
+    token_file: Path | None = Field(None, description="A file holding the secret.")
+    credential: str | None = Field(None, min_length=1, description="A systemd credential.")
+    header: str = Field("Authorization", min_length=1)
+    scheme: str | None = Field(None, description='Default: "Bearer" in Authorization, else none.')
+
+
+class HttpWriteBackConfig(_Section):
+    """``[strategies.write_back]`` of an HTTP strategy: each outcome sent to the API."""
+
+    url: str = Field(min_length=1, description='A template, relative to url: "leads/{id}".')
+    method: Literal["PATCH", "POST", "PUT"] = "PATCH"
+    status_field: str = Field("dispatch_status", min_length=1)
+    call_id_field: str | None = None
+    time_field: str | None = None
+    result_fields: dict[str, str] = Field(
+        default_factory=dict, description="Result field -> body field, e.g. status = 'answer'."
+    )
+
+
+class HttpStrategyConfig(_Templates):
+    """``kind = "http"``: a JSON endpoint, polled (``HttpStrategy``)."""
+
+    kind: Literal["http"]
+    url: str = Field(min_length=1)
+    items: str | None = Field(None, description='Path to the list: "payload.leads".')
+    next: str | None = Field(None, description='Path to the next URL or cursor: "meta.next".')
+    cursor_param: str = Field("cursor", min_length=1)
+    params: dict[str, str] = Field(default_factory=dict, description="Query parameters.")
+    headers: dict[str, str] = Field(default_factory=dict, description="No secrets: see auth.")
+    auth: HttpAuthConfig | None = None
+    write_back: HttpWriteBackConfig | None = None
+    timeout: Duration = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+    retry_wait: Duration = Field(0.5, gt=0, description="First wait before a retry, doubled.")
+    max_retry_wait: Duration = Field(60.0, gt=0, description="Longest wait, Retry-After too.")
+    max_bytes: int = Field(20_000_000, ge=1)
+    max_pages: int = Field(1000, ge=1)
+
+    def build(self, base: Path) -> Strategy:
+        from strategies.http import HttpAuth, HttpStrategy, HttpWriteBack
+
+        where = f"strategies ({self.name or 'http'})"
+        options = self.model_dump(
+            exclude={"kind", "url", "auth", "write_back", "retry_wait", "max_retry_wait"}
+            | set(_RULE_KEYS)
+        )
+        try:
+            auth = None
+            if self.auth is not None:
+                given = self.auth.model_dump(exclude={"token", "token_file"})
+                token = self.auth.token.get_secret_value() if self.auth.token else None
+                path = _resolve(base, self.auth.token_file) if self.auth.token_file else None
+                auth = HttpAuth(token=token, token_file=path, **given)
+            write_back = None
+            if self.write_back is not None:
+                write_back = HttpWriteBack(**self.write_back.model_dump())
+            backoff = Backoff(self.retry_wait, max(self.retry_wait, self.max_retry_wait))
+            strategy = HttpStrategy(
+                self.url, auth=auth, write_back=write_back, backoff=backoff, **options
+            )
+        except ValueError as exc:  # HttpStrategy's own ConfigErrors name the strategy
+            raise ConfigError(f"{where}: {exc}") from None
+        return self._with_rules(strategy, base)
+
+
 class PythonStrategyConfig(_StrategySection):
     kind: Literal["python"]
     path: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="module:Class")
@@ -505,8 +600,45 @@ class PythonStrategyConfig(_StrategySection):
 
 
 StrategyConfig = Annotated[
-    CsvStrategyConfig | SqlStrategyConfig | PythonStrategyConfig, Field(discriminator="kind")
+    CsvStrategyConfig | SqlStrategyConfig | HttpStrategyConfig | PythonStrategyConfig,
+    Field(discriminator="kind"),
 ]
+
+
+class WebhookConfig(_Section):
+    """``[[webhooks]]``: signed outcome events POSTed to a URL (Standard Webhooks)."""
+
+    name: str | None = Field(None, description="Default: webhook-1, webhook-2 ...")
+    url: str = Field(min_length=1)
+    events: list[str] = Field(
+        default_factory=lambda: ["dispatched", "result", "completed", "failed", "skipped"]
+    )
+    secret: SecretStr | None = Field(None, description="Prefer secret_file.")
+    secret_file: Path | None = Field(None, description="A file holding the whsec_ secret.")
+    timeout: Duration = Field(10.0, gt=0)
+
+    def build(self, base: Path, number: int) -> WebhookEndpoint:
+        from .webhooks import WebhookEndpoint
+
+        name = self.name or f"webhook-{number}"
+        if self.secret is not None:
+            secret = self.secret.get_secret_value()
+        elif self.secret_file is not None:
+            path = _resolve(base, self.secret_file)
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"webhooks.{name}: secret_file: cannot read {path}: {exc.strerror}"
+                ) from None
+        else:
+            raise ConfigError(
+                f"webhooks.{name}: no secret (give secret_file, a file holding a whsec_ secret)"
+            )
+        try:
+            return WebhookEndpoint(name, self.url, secret, frozenset(self.events), self.timeout)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 class Settings(BaseSettings):
@@ -523,7 +655,7 @@ class Settings(BaseSettings):
     # `from` in the file (parity with @pinecall/dispatch); no alias on the field itself, because
     # pydantic-settings would then read an unprefixed env var named `from`. Env: DISPATCH_FROM_.
     from_: str | None = Field(None, description="Default caller id (E.164).")
-    default_region: str | None = Field(
+    default_region: Annotated[str | None, BeforeValidator(_region)] = Field(
         None, min_length=2, max_length=2, description="Region for numbers written without +."
     )
     poll_interval: float = Field(5.0, gt=0)
@@ -538,6 +670,7 @@ class Settings(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     agent: AgentConfig = SimulatedAgentConfig()
     strategies: list[StrategyConfig] = Field(min_length=1)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(
@@ -573,14 +706,21 @@ def load_settings(path: str | Path) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:  # an environment variable that is not valid JSON
+        field = "DISPATCH_" + str(exc).partition('field "')[2].partition('"')[0].upper()
+        found = [name for key, name in _env_variables().items() if key.startswith(field)]
+        names = ", ".join(found) or "DISPATCH_..."
+        raise ConfigError(
+            f"environment ({names}): {exc} (lists and tables are written as JSON: [2, 8])"
+        ) from None
 
 
-_TAGS = ("csv", "sql", "python", "simulated", "pinecall")
+_TAGS = ("csv", "sql", "http", "python", "simulated", "pinecall")
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
+def _describe(exc: ValidationError, path: Path) -> str:
+    problems, overridden = [], []
     for error in exc.errors():
         # Discriminated unions add the tag ("csv") to the location; drop it for readability.
         loc = [p for p in error["loc"] if p not in _TAGS]
@@ -588,8 +728,29 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        problems.append(f"{key or '(top level)'}: {message}")
-    return "; ".join(problems)
+        # The environment wins over the file: blame the variable when one sets this key.
+        variable = _env_variable(loc)
+        if variable is not None:
+            overridden.append(f"environment variable {variable} (sets {key}): {message}")
+        else:
+            problems.append(f"{key or '(top level)'}: {message}")
+    return "; ".join(([f"{path}: " + "; ".join(problems)] if problems else []) + overridden)
+
+
+def _env_variables() -> dict[str, str]:
+    """The DISPATCH_ variables set, by their upper-case name (the settings ignore case)."""
+    return {k.upper(): k for k in os.environ if k.upper().startswith("DISPATCH_")}
+
+
+def _env_variable(loc: list[int | str]) -> str | None:
+    """The variable that set the value at ``loc`` (``DISPATCH_PACING__MAX_CONCURRENT``, or
+    ``DISPATCH_PACING`` holding JSON), if one did."""
+    names = _env_variables()
+    keys = [str(p) for p in loc[: next((i for i, p in enumerate(loc) if isinstance(p, int)), None)]]
+    for n in range(len(keys), 0, -1):
+        if (name := "DISPATCH_" + "__".join(keys[:n]).upper()) in names:
+            return names[name]
+    return None
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -636,6 +797,7 @@ def build_hub(
             pacing=Pacing(**settings.pacing.model_dump()),
             retry=settings.retry.policy(),
             caps=settings.caps.build(),
+            webhooks=[w.build(base, n) for n, w in enumerate(settings.webhooks, 1)],
             poll_interval=settings.poll_interval,
             drain_timeout=settings.drain_timeout,
             default_region=settings.default_region,

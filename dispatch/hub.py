@@ -44,6 +44,7 @@ from .rules.schedule import Schedule
 from .states import RecordState
 from .store import KnownRecord, Skipped, Store
 from .store.outbox import Callback
+from .webhooks import WebhookEndpoint, Webhooks, routes
 
 __all__ = ["DispatchHub", "HubStatistics"]
 
@@ -116,6 +117,7 @@ class DispatchHub:
         callback_timeout: float = 30.0,
         callback_backoff: Backoff | None = None,
         caps: Caps | None = None,
+        webhooks: Sequence[WebhookEndpoint] = (),
         clock: Clock | None = None,
     ) -> None:
         names = [s.name for s in strategies]
@@ -148,16 +150,22 @@ class DispatchHub:
             if self.pacing.max_calls_per_minute
             else None
         )
+        self.webhooks = list(webhooks)
+        self._webhooks = Webhooks(self.webhooks, self.clock) if self.webhooks else None
+        if self.webhooks:
+            self.store.route_webhooks(routes(self.webhooks))
         self._outbox = Outbox(
             self.store,
             {s.name: s for s in strategies},
             clock=self.clock,
             timeout=callback_timeout,
             backoff=callback_backoff,
+            webhooks=self._webhooks,
         )
         self._counters = Counters()
         self.caps = caps or Caps()
         self._dnc_read = -math.inf  # when the do-not-call list was last looked at (monotonic)
+        self._dnc_stale = False  # the last look failed
         self._cap_tracker = CapTracker()
         self._dnc = DoNotCallList()
         self._gate = Gate(self._dnc, self._cap_tracker)
@@ -378,8 +386,9 @@ class DispatchHub:
     async def _refresh_dnc(self, *, force: bool = False) -> None:
         fingerprint = await self.store.do_not_call_fingerprint()
         if force or fingerprint != self._dnc.fingerprint:
+            reading = self._dnc.reading()
             listed = await self.store.do_not_call()
-            self._dnc.replace({p: e.added_at for p, e in listed.items()}, fingerprint)
+            self._dnc.replace({p: e.added_at for p, e in listed.items()}, fingerprint, reading)
             if not force:
                 logger.info("dnc.reloaded numbers=%d", len(self._dnc))
         self._dnc.checked_at = self.clock.now()
@@ -395,7 +404,12 @@ class DispatchHub:
         try:
             await self._refresh_dnc()
         except StoreError as exc:
-            logger.debug("dnc.refresh_failed error=%s", exc)
+            # Dialing goes on with the list as last read; say so once, not every time.
+            if not self._dnc_stale:
+                logger.warning("dnc.refresh_failed error=%s (using the list as last read)", exc)
+            self._dnc_stale = True
+        else:
+            self._dnc_stale = False
 
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
         """Tell the store this daemon is alive; stop the hub if another daemon took over."""
@@ -457,6 +471,8 @@ class DispatchHub:
                 logger.warning("store.release_failed error=no answer before the stop deadline")
             with anyio.move_on_after(max(1.0, self._stop_deadline - anyio.current_time())):
                 await self.store.aclose()
+            if self._webhooks is not None:
+                await self._webhooks.aclose()
 
     async def _serve(self) -> None:
         assert self._stopping is not None
@@ -528,7 +544,11 @@ class DispatchHub:
             await anyio.sleep_forever()
         assert opens is not None
         logger.info("schedule.closed strategy=%s opens=%s", source.name, opens.isoformat())
-        await self.clock.sleep_until(self.clock.monotonic() + (opens - now).total_seconds())
+        deadline = self.clock.monotonic() + (opens - now).total_seconds()
+        source.opens_at = opens
+        await self._record_queue(source)
+        await self.clock.sleep_until(deadline)
+        source.opens_at = None
 
     async def _wait_for_poll(self, source: Source) -> None:
         """Sleep until the next poll is due or the strategy asks for one (``poll_now``)."""
@@ -552,13 +572,16 @@ class DispatchHub:
 
     async def _record_queue(self, source: Source) -> None:
         # For `dispatch status`: records queued in memory have no row in the store yet.
+        reasons = source.waiting_reasons()
+        if source.opens_at is not None:  # closed by its schedule: say when it opens
+            reasons[f"schedule: opens {source.opens_at:%Y-%m-%d %H:%M} UTC"] = 0
         try:
             await self.store.polled(
                 source.name,
                 pending=len(source.pending),
                 waiting=len(source.waiting),
                 at=self.clock.now(),
-                reasons=source.waiting_reasons(),
+                reasons=reasons,
             )
         except StoreUnavailable:
             pass  # best effort; the store logs its outage once
@@ -726,6 +749,9 @@ class DispatchHub:
             await self.store.wait_available()
             await slots.acquire()
             source, record = await self._queue.take()
+            # The list is read again every poll_interval, whether or not a strategy polls
+            # (a closed schedule, a slow source).
+            await self._maybe_refresh_dnc()
             verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
             if not isinstance(verdict, Go):
                 await self._not_now(source, record, verdict, slots)

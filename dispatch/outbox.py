@@ -25,6 +25,7 @@ from .errors import StoreError, StoreUnavailable
 from .options import Backoff
 from .store import Store
 from .store import outbox as ob
+from .webhooks import PREFIX, Webhooks
 
 __all__ = ["Backoff", "Outbox"]
 
@@ -38,6 +39,7 @@ class Outbox:
         strategies: Mapping[str, Strategy],
         *,
         clock: Clock,
+        webhooks: Webhooks | None = None,
         timeout: float = 30.0,
         backoff: Backoff | None = None,
         batch: int = 500,
@@ -45,6 +47,7 @@ class Outbox:
     ) -> None:
         self.store = store
         self.strategies = strategies
+        self.webhooks = webhooks
         self.clock = clock
         self.timeout = timeout
         self.backoff = backoff or Backoff()
@@ -169,7 +172,7 @@ class Outbox:
 
         async def worker() -> None:
             for row in queue:  # shared: each worker takes the next row when it is free
-                error = await self._deliver(row.callback)
+                error = await self._deliver(row)
                 if error is None:
                     done.append(row.id)
                 else:
@@ -197,12 +200,18 @@ class Outbox:
             await self.store.delivered(done, self.clock.now())
         return len(rows)
 
-    async def _deliver(self, callback: ob.Callback) -> str | None:
-        strategy = self.strategies.get(callback.strategy)
-        if strategy is None:
-            return f"no strategy named {callback.strategy!r} is configured"
+    async def _deliver(self, row: ob.OutboxRow) -> str | None:
+        callback = row.callback
         try:
             with anyio.fail_after(self.timeout):
+                if callback.strategy.startswith(PREFIX):
+                    if self.webhooks is None:
+                        return "no webhooks are configured"
+                    await self.webhooks.send(row)
+                    return None
+                strategy = self.strategies.get(callback.strategy)
+                if strategy is None:
+                    return f"no strategy named {callback.strategy!r} is configured"
                 await strategy.deliver(callback.name, callback.record, *callback.args)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"

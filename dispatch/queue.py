@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import anyio
 
@@ -44,6 +45,7 @@ class Source:
     terminal_at_start: set[str] = field(default_factory=set)
     poll_wanted: bool = False  # the strategy asked for a poll (`poll_now`)
     poll_event: anyio.Event | None = None  # set while the poll loop sleeps
+    opens_at: datetime | None = None  # closed by its schedule until then
 
     def waiting_reasons(self) -> dict[str, int]:
         """The waiting records by what they wait for (``outside hours``, ``cap``, ``retry``

@@ -145,13 +145,20 @@ def _time(value: object, timezone: str | None) -> tuple[datetime | None, str | N
         return None, f"no time given ({value!r})"
     try:
         at = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None, f"not an ISO 8601 time: {value!r}"
-    if at.tzinfo is None:
-        if timezone:
-            from zoneinfo import ZoneInfo
+        if at.tzinfo is None:
+            if timezone:
+                from zoneinfo import ZoneInfo
 
-            at = at.replace(tzinfo=ZoneInfo(timezone))
-        else:
-            at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC), None
+                at = at.replace(tzinfo=ZoneInfo(timezone))
+            else:
+                at = at.replace(tzinfo=UTC)
+        at = at.astimezone(UTC)
+    except (ValueError, OverflowError):  # the model's words: anything may come
+        return None, f"not an ISO 8601 time: {value!r}"
+    if not MIN_YEAR <= at.year <= MAX_YEAR:
+        return None, f"not a time to call back at: {value!r}"
+    return at, None
+
+
+# A call back is within reach: the model may say the year 9999.
+MIN_YEAR, MAX_YEAR = 2000, 2100

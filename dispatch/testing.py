@@ -36,21 +36,23 @@ __all__ = [
     "FakePinecall",
     "ManualClock",
     "Received",
+    "Refusal",
     "ScriptedAgent",
     "ScriptedCall",
     "Signal",
     "StrategyContract",
+    "ToolCall",
     "max_in_any_window",
     "wait_all_tasks_blocked",
 ]
 
 if TYPE_CHECKING:
     from .contracts import AgentContract, StrategyContract
-    from .pinecall_fake import Answer, FakePinecall, Received
+    from .pinecall_fake import Answer, FakePinecall, Received, Refusal, ToolCall
 
 # Loaded on first use: the fake needs websockets and the suites pytest, and a user of
 # ManualClock may have neither.
-_FAKE_PINECALL = ("Answer", "FakePinecall", "Received")
+_FAKE_PINECALL = ("Answer", "FakePinecall", "Received", "Refusal", "ToolCall")
 _CONTRACTS = ("AgentContract", "StrategyContract")
 
 

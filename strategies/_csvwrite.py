@@ -146,13 +146,13 @@ class FileWriteBack(_Coalescer):
         try:
             with open(self.path, "rb") as f:
                 before: FileStamp | None = FileStamp.of(os.fstat(f.fileno()))
-                written = self._cells_of(f.read())
+                copy = f.read()
         except FileNotFoundError:
-            before, written = None, {}
+            before, copy = None, b""
+        written = self._cells_of(copy)
         for record_id, new in cells.items():
             written.setdefault(record_id, {}).update(new)
-        with open(self.source, "rb") as f:
-            data = f.read()
+        data = self._settled_source()
         merged, missing = self._merge(data, written)
         if missing & set(cells):
             logger.warning(
@@ -160,8 +160,52 @@ class FileWriteBack(_Coalescer):
                 self.source,
                 ",".join(sorted(missing & set(cells))),
             )
+        # Rows we wrote that left the source (deleted, or not there for a moment) keep their
+        # outcomes in the copy: the outbox counts them as delivered.
+        gone = missing - set(cells)
+        if gone and merged is not None:
+            merged.append(self._rows_of(copy, gone, data))
         if merged is not None and not self._replace(merged, before):
             raise WriteBackError(f"{self.path} was changed by someone else while we wrote it")
+
+    def _settled_source(self) -> bytes:
+        """The source's bytes, read while nobody was writing it (else WriteBackError: the
+        outbox tries again later)."""
+        assert self.source is not None
+        for _ in range(self.spec.attempts):
+            with open(self.source, "rb") as f:
+                before = FileStamp.of(os.fstat(f.fileno()))
+                data = f.read()
+            if FileStamp.of(os.stat(self.source)) == before:
+                return data
+        raise WriteBackError(f"{self.source} kept changing over {self.spec.attempts} reads")
+
+    def _rows_of(self, copy: bytes, ids: set[str], source: bytes) -> bytes:
+        """The copy's rows of ``ids``, laid out under the source's header (and ours)."""
+        text = copy.removeprefix(_BOM).decode(self.encoding, errors="surrogateescape")
+        delimiter = self.delimiter or sniff_delimiter(text)
+        rows, lines = _split(text, delimiter, None)
+        head = next((i for i, r in enumerate(rows) if any(f.strip() for f in r)), 0)
+        keys = [header_key(h) for h in rows[head]] if rows else []
+        source_text = source.removeprefix(_BOM).decode(self.encoding, errors="surrogateescape")
+        source_rows, _ = _split(source_text, delimiter, None)
+        header = next((r for r in source_rows if any(f.strip() for f in r)), [])
+        layout = [header_key(h) for h in header]
+        layout += [header_key(c) for c in self.spec.columns() if header_key(c) not in layout]
+        out = io.StringIO(newline="")
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+        for number in range(head + 1, len(rows)):
+            row = dict(zip(keys, rows[number], strict=False))
+            try:
+                record_id = self.row_id(
+                    {k: v.strip() for k, v in row.items()}, lines[number - 1] + 1
+                )
+            except Exception:
+                continue
+            if record_id in ids:
+                writer.writerow([row.get(k, "") for k in layout])
+        ending = b"" if source.endswith((b"\n", b"\r")) or not source else b"\n"
+        return ending + out.getvalue().encode(self.encoding, "surrogateescape")
 
     def _cells_of(self, data: bytes) -> dict[str, dict[str, str]]:
         """Our cells in a working copy, by record id."""

@@ -17,15 +17,31 @@ class DoNotCallList:
         self._numbers: dict[str, datetime | None] = {}  # phone -> when it was added
         self.fingerprint: tuple[int, datetime | None] = (0, None)
         self.checked_at: datetime | None = None  # when the list was last read from the store
+        self._added: list[tuple[str, datetime]] = []  # added here, in order
+
+    def reading(self) -> int:
+        """Mark the start of a read of the store's list (pass it to :meth:`replace`)."""
+        return len(self._added)
 
     def replace(
-        self, numbers: dict[str, datetime | None], fingerprint: tuple[int, datetime | None]
+        self,
+        numbers: dict[str, datetime | None],
+        fingerprint: tuple[int, datetime | None],
+        reading: int | None = None,
     ) -> None:
+        """The list as read from the store; the numbers added here since ``reading`` began
+        (an opt-out committed meanwhile) are kept."""
+        if reading is not None:
+            for phone, at in self._added[reading:]:
+                numbers.setdefault(phone, at)
+        self._added.clear()
         self._numbers = numbers
         self.fingerprint = fingerprint
 
     def add(self, phone: str, at: datetime) -> None:
+        """A number this process put on the list (its commit is done)."""
         self._numbers.setdefault(phone, at)
+        self._added.append((phone, at))
 
     def since(self, phone: str) -> datetime | bool:
         """False if ``phone`` is not listed; else when it was added (True if unknown)."""

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -88,6 +89,7 @@ attempts = Table(
     Column("results", Text),  # JSON: the result tools called, [{"tool", "arguments", "at"}]
     Column("transcript", Text),  # JSON: the messages of the call, as the platform sent them
     Column("evidence", Text),  # JSON: what the calling rules saw at the dial (migration 0008)
+    Column("refused", Boolean),  # the callee refused: the number's cool-down starts
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),

@@ -54,6 +54,7 @@ class OutboxRow:
     id: int
     deliveries: int
     callback: Callback
+    created_at: datetime
 
 
 def _callback(row: Any) -> Callback:
@@ -61,7 +62,7 @@ def _callback(row: Any) -> Callback:
     record = Record.from_json(payload["record"])
     name = cast("CallbackName", row.callback)
     args = payload["args"]
-    if name == "on_result":  # (call_id, result)
+    if name == "on_result" and not row.strategy.startswith("webhook:"):  # (call_id, result)
         args = [args[0], CallResult.from_json(args[1])]
     return Callback(row.strategy, name, record, tuple(args))
 
@@ -93,7 +94,7 @@ async def due(engine: AsyncEngine, now: datetime, limit: int = 500) -> list[Outb
     with translated("reading the outbox"):
         async with engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-    return [OutboxRow(row.id, row.deliveries, _callback(row)) for row in rows]
+    return [OutboxRow(row.id, row.deliveries, _callback(row), row.created_at) for row in rows]
 
 
 async def next_due(engine: AsyncEngine) -> datetime | None:

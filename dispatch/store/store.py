@@ -82,6 +82,9 @@ def with_async_driver(url: str | URL, drivers: Mapping[str, str]) -> URL | None:
     """``url`` with the async driver ``drivers`` names for its backend when it names none
     (``postgresql://`` -> ``postgresql+asyncpg://``); None for a backend not in ``drivers``."""
     parsed = make_url(url)
+    if parsed.drivername.split("+")[0] == "postgres":  # Heroku's and libpq's spelling
+        rest = parsed.drivername.removeprefix("postgres")
+        parsed = parsed.set(drivername="postgresql" + rest)
     backend = parsed.get_backend_name()
     if backend not in drivers:
         return None
@@ -179,6 +182,7 @@ class Store:
         self._upsert_source = _UPSERT_SOURCE[self.url.get_backend_name()]
         self._insert_attempt = _INSERT_ATTEMPT[self.url.get_backend_name()]
         self._add_do_not_call = _ADD_DO_NOT_CALL[self.url.get_backend_name()]
+        self._routes: dict[str, tuple[str, ...]] = {}  # callback -> webhook targets
         self._queue_size = queue_size
         # Created by open(): a Store built but never opened holds nothing.
         self._writer: Writer | None = None
@@ -406,10 +410,14 @@ class Store:
                     await conn.execute(
                         ob.INSERT,
                         [
-                            ob.Callback(
-                                s, "on_failed", Record(id=r, phone=p), ("interrupted",)
-                            ).row(now)
+                            row
                             for s, r, p in final
+                            for row in self._callback_rows(
+                                ob.Callback(
+                                    s, "on_failed", Record(id=r, phone=p), ("interrupted",)
+                                ),
+                                now,
+                            )
                         ],
                     )
         return len(rows)
@@ -430,7 +438,7 @@ class Store:
         """Every dial start after ``since`` (all strategies), oldest first, with whether the
         callee refused: what the per-number caps are seeded with on start."""
         query = (
-            select(attempts.c.phone, attempts.c.dialed_at, attempts.c.reason, attempts.c.evidence)
+            select(attempts.c.phone, attempts.c.dialed_at, attempts.c.reason, attempts.c.refused)
             .where(attempts.c.dialed_at > since)
             .order_by(attempts.c.dialed_at)
         )
@@ -438,8 +446,8 @@ class Store:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
         return [
-            DialStart(phone, at, refused=is_refusal(reason) or '"refused": true' in (ev or ""))
-            for phone, at, reason, ev in rows
+            DialStart(phone, at, refused=bool(refused) or is_refusal(reason))
+            for phone, at, reason, refused in rows
         ]
 
     async def do_not_call_fingerprint(self) -> tuple[int, datetime | None]:
@@ -519,7 +527,7 @@ class Store:
         statements: Statements = [
             (_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id[:200]})
         ]
-        await self._write(_with_callback(statements, callback, at))
+        await self._write(self._with_callback(statements, callback, at))
 
     async def finished(
         self,
@@ -540,6 +548,7 @@ class Store:
         transcript: Sequence[Mapping[str, Any]] = (),
         callbacks: Sequence[ob.Callback] = (),
         opt_out: DoNotCall | None = None,
+        refused: bool = False,
     ) -> None:
         """Commit an attempt's outcome, the record's resulting state and the callbacks that
         report it (``callback``, or several in order as ``callbacks``), together.
@@ -563,6 +572,7 @@ class Store:
                     "b_started_at": started_at,
                     "b_results": _results_json(results),
                     "b_transcript": _transcript_json(transcript),
+                    "b_refused": refused or None,
                 },
             ),
             (
@@ -581,7 +591,7 @@ class Store:
         if opt_out is not None:
             statements.append((self._add_do_not_call, opt_out.row(at)))
         for each in (callback, *callbacks):
-            _with_callback(statements, each, at)
+            self._with_callback(statements, each, at)
         await self._write(statements)
 
     async def add_do_not_call(self, entries: Sequence[DoNotCall], *, at: datetime) -> None:
@@ -639,7 +649,7 @@ class Store:
             )
             row["reason"] = skip.reason
             statements.append((self._upsert_record, row))
-            _with_callback(statements, skip.callback, at)
+            self._with_callback(statements, skip.callback, at)
         await self._write(statements)
 
     async def polled(
@@ -672,6 +682,28 @@ class Store:
         """Commit a failed delivery and when to try again."""
         params = {"b_id": outbox_id, "b_deliveries": deliveries, "b_next_at": next_at}
         await self._write([(ob.FAILED, {**params, "b_error": error[:500]})])
+
+    def route_webhooks(self, routes: Mapping[str, Sequence[str]]) -> None:
+        """From now on, every callback ``name`` committed also gets a row for each outbox
+        target in ``routes[name]`` (``webhook:<endpoint>``), in the same transaction."""
+        self._routes = {name: tuple(targets) for name, targets in routes.items()}
+
+    def _callback_rows(self, callback: ob.Callback, at: datetime) -> list[dict[str, Any]]:
+        rows = [callback.row(at)]
+        for target in self._routes.get(callback.name, ()):
+            # A webhook's row names the strategy the event is about first.
+            hook = ob.Callback(
+                target, callback.name, callback.record, (callback.strategy, *callback.args)
+            )
+            rows.append(hook.row(at))
+        return rows
+
+    def _with_callback(
+        self, statements: Statements, callback: ob.Callback | None, at: datetime
+    ) -> Statements:
+        if callback is not None:
+            statements.extend((ob.INSERT, row) for row in self._callback_rows(callback, at))
+        return statements
 
     async def _write(self, statements: Statements, *, held: bool = True) -> None:
         await self._open_writer().write(statements, held=held)
@@ -712,14 +744,6 @@ class StoreStatistics:
     @property
     def writes_per_commit(self) -> float:
         return self.writes / self.commits if self.commits else math.nan
-
-
-def _with_callback(
-    statements: Statements, callback: ob.Callback | None, at: datetime
-) -> Statements:
-    if callback is not None:
-        statements.append((ob.INSERT, callback.row(at)))
-    return statements
 
 
 def _record_row(
@@ -818,6 +842,7 @@ _FINISH_ATTEMPT = (
         started_at=bindparam("b_started_at"),
         results=bindparam("b_results"),
         transcript=bindparam("b_transcript"),
+        refused=bindparam("b_refused"),
     )
 )
 

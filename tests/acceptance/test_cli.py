@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.acceptance
 
 DISPATCH = str(Path(sys.executable).with_name("dispatch"))
 FAST = {"DISPATCH_AGENT__TIME_SCALE": "0.001", "DISPATCH_RETRY__DELAY": "0.01"}
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, repo_root: Path) -> Path:
-    """A copy of the example setup, as a user would have it after cloning."""
-    shutil.copy(repo_root / "config.example.toml", tmp_path / "config.toml")
-    (tmp_path / "examples").mkdir()
-    shutil.copy(repo_root / "examples" / "leads.csv", tmp_path / "examples" / "leads.csv")
-    return tmp_path
 
 
 def dispatch(

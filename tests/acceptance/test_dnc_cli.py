@@ -14,15 +14,6 @@ from tests.acceptance.test_cli import FAST, Daemon, dispatch, query
 pytestmark = pytest.mark.acceptance
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, repo_root: Path) -> Path:
-    """A copy of the example setup, as a user would have it after cloning."""
-    shutil.copy(repo_root / "config.example.toml", tmp_path / "config.toml")
-    (tmp_path / "examples").mkdir()
-    shutil.copy(repo_root / "examples" / "leads.csv", tmp_path / "examples" / "leads.csv")
-    return tmp_path
-
-
 def dnc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     done = dispatch("dnc", *args, "-c", "config.toml", cwd=cwd, env=env)
     return done.returncode, done.stdout, done.stderr

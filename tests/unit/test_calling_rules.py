@@ -348,3 +348,54 @@ async def test_a_dial_that_waited_for_the_rate_past_the_window_is_held_not_made(
             await agent.wait_for_dials(2)
             hub.stop()
     assert clock.now() == datetime(2026, 1, 6, 13, 0, tzinfo=UTC)
+
+
+async def test_an_opt_out_reported_late_keeps_every_strategy_from_the_number(
+    sqlite_url: str,
+) -> None:
+    from dispatch import LateOutcome
+
+    said = CallResult("confirm_appointment", {"status": "stop"}, WALL)
+    agent = ScriptedAgent(script={A: ["unknown"]})
+    first = ListStrategy([rec("r1", A)], name="first")
+    first.result_actions = (ResultAction(ActionKind.OPT_OUT, when={"status": "stop"}),)
+    second = ListStrategy([], name="second")
+    hub = make_hub(sqlite_url, agent, first, second, recover_hold=0.0)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await first.wait_for_events(1)  # failed: unknown
+            [dial] = agent.dials
+            end = CallEnd("hangup", 5.0, (said,))
+            agent.report_late(LateOutcome(dial.dispatch_id, "call-9", True, "hangup", 5.0, end))
+            await first.signal.wait_until(lambda: len(first.named("completed")) == 1)
+            second.records = [rec("s1", A)]
+            second.poll_now()
+            await second.wait_for_events(1)
+            hub.stop()
+    assert [d.to for d in agent.dials] == [A]
+    assert second.events == [("skipped", "s1", "dnc")]
+
+
+async def test_status_says_when_a_strategy_closed_by_its_schedule_opens(sqlite_url: str) -> None:
+    from dispatch.rules import Schedule
+    from dispatch.store import Store, reports
+
+    # Monday 15:00 UTC, after the "0 9-11 * * mon-fri" hours: it opens Tuesday at 09:00.
+    clock = ManualClock()
+    source = ListStrategy([rec("r1", A)])
+    source.calling_rules = CallingRules(schedule=Schedule("0 9-11 * * mon-fri"))
+    hub = make_hub(sqlite_url, ScriptedAgent(), source, clock=clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await clock.wait_for_deadline(18 * 3600.0)  # asleep until the opening
+            await hub.store.wait_until(lambda s: s.commits > 0 and s.held == 0)
+            hub.stop()
+    store = Store(sqlite_url)
+    await store.open(migrate=False)
+    try:
+        report = await reports.status(store.engine, clock.now())
+    finally:
+        await store.aclose()
+    assert report.strategies["list"].waiting_reasons == {"schedule: opens 2026-01-06 09:00 UTC": 0}

@@ -294,3 +294,24 @@ def test_a_bad_calling_rule_is_one_line_naming_it(tmp_path: Path, snippet: str, 
     path = write(tmp_path, MINIMAL + snippet)
     with pytest.raises(ConfigError, match=match):
         build_hub(load_settings(path), base=tmp_path)
+
+
+def test_webhooks_take_their_secret_from_a_file_and_never_show_it(tmp_path: Path) -> None:
+    import base64
+
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    (tmp_path / "hook.secret").write_text(secret + "\n")
+    path = write(
+        tmp_path,
+        MINIMAL
+        + '[[webhooks]]\nurl = "https://crm.example/hooks"\nevents = ["completed", "failed"]\n'
+        + 'secret_file = "hook.secret"\n',
+    )
+    hub = build_hub(load_settings(path), base=tmp_path)
+    [endpoint] = hub.webhooks
+    assert (endpoint.name, endpoint.events) == ("webhook-1", frozenset({"completed", "failed"}))
+    assert endpoint.secret == secret
+    assert secret not in repr(endpoint)
+    missing = write(tmp_path, MINIMAL + '[[webhooks]]\nurl = "https://crm.example/hooks"\n')
+    with pytest.raises(ConfigError, match=r"webhooks\.webhook-1: no secret"):
+        build_hub(load_settings(missing), base=tmp_path)

@@ -291,3 +291,20 @@ async def test_a_working_copy_follows_the_source_and_leaves_it_untouched(
         ["r3", "+14155552603", "Cy"],
         ["r4", "+14155552604", "Di", "failed: busy", ""],
     ]
+
+
+async def test_a_working_copy_keeps_the_outcomes_of_rows_that_left_the_source(
+    leads: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "leads.results.csv"
+    spec = WriteBack(status_column="Status", path=str(copy))
+    strategy = CsvStrategy(leads, write_back=spec)
+    await strategy.deliver("on_completed", rec("r2"), "call-2", "hangup")
+    leads.write_bytes(TEXT.replace("r2,+14155552602,Bob\r\n", "").encode())  # r2 deleted
+    await strategy.deliver("on_failed", rec("r3"), "busy")
+    assert [r[:4] for r in rows(copy)] == [
+        ["id", "phone", "Name", "Status"],
+        ["r1", "+14155552601", "Ada"],
+        ["r3", "+14155552603", "Cy", "failed: busy"],
+        ["r2", "+14155552602", "Bob", "completed: hangup"],
+    ]

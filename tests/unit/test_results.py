@@ -85,6 +85,8 @@ def test_an_opt_out_anywhere_in_the_call_wins_and_the_last_call_back_decides() -
     local = ResultAction(ActionKind.CALL_BACK_AT, timezone="America/New_York")
     naive = said(call_back_at="2026-07-01T09:00")  # summer time: UTC-4
     assert decide_action([naive], [local]).at == datetime(2026, 7, 1, 13, 0, tzinfo=UTC)
+    for absurd in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00+01:00", "1970-01-01T00:00"):
+        assert decide_action([said(call_back_at=absurd)], [local]).at is None  # no crash
     broken = decide_action([said(call_back_at="next tuesday")], [local])
     assert (broken.kind, broken.at, broken.problem) == (
         ActionKind.CALL_BACK_AT,

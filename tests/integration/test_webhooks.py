@@ -1,0 +1,234 @@
+"""Signed outcome webhooks against a real receiver on 127.0.0.1, verified with the
+``standardwebhooks`` package a receiver would use."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from dispatch import Backoff, CallEnd, CallResult, DispatchHub
+from dispatch.testing import ManualClock, ScriptedAgent
+from dispatch.webhooks import WebhookEndpoint
+from tests.support import ListStrategy, rec, store_for
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes here!!").decode()
+A, B = "+14155552671", "+14155552672"
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def event(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: answers each POST with the next status of ``statuses`` (then
+    200), and keeps every request."""
+
+    statuses: list[int] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks?token=in-the-url"
+
+    def delivered(self) -> list[Received]:
+        """The requests answered 2xx, verified with the receiver-side library."""
+        return [r for r in self.requests if r.headers.get("x-answered") == "200"]
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                body = self.rfile.read(length)
+                with receiver.lock:
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    headers["x-answered"] = str(status)
+                    receiver.requests.append(Received(headers, body))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def verified(received: Received) -> dict[str, Any]:
+    """The event, if its signature is good (raises otherwise), as a receiver checks it."""
+    headers = {k: v for k, v in received.headers.items() if k.startswith("webhook-")}
+    payload: dict[str, Any] = Webhook(SECRET).verify(received.body, headers)
+    return payload
+
+
+async def until_delivered(receiver: Receiver, count: int, clock: ManualClock) -> None:
+    """Move the clock a second at a time (the outbox's retry delay) until ``count`` events
+    were delivered."""
+    while True:
+        await clock.wait_all_tasks_blocked()
+        if len(receiver.delivered()) >= count:
+            return
+        clock.advance(1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def hook(receiver: Receiver, **options: Any) -> WebhookEndpoint:
+    return WebhookEndpoint("crm", receiver.url, SECRET, **options)
+
+
+def make_hub(url: str, agent: ScriptedAgent, source: ListStrategy, **options: Any) -> DispatchHub:
+    clock = options.pop("clock", None) or ManualClock()
+    return DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=store_for(url, clock),
+        clock=clock,
+        callback_backoff=Backoff(initial=1.0, maximum=1.0),
+        **options,
+    )
+
+
+async def test_every_event_is_signed_and_a_retry_keeps_its_webhook_id(sqlite_url: str) -> None:
+    said = CallResult("confirm_appointment", {"status": "confirmed"}, ManualClock().now())
+    agent = ScriptedAgent(script={A: [CallEnd("hangup", 3.0, (said,))]})
+    source = ListStrategy([rec("r1", A), rec("bad", "12")])
+    receiver = Receiver(statuses=[503, 500])  # the first two tries fail
+    clock = ManualClock()
+    with receiver.serving():
+        hub = make_hub(sqlite_url, agent, source, clock=clock, webhooks=[hook(receiver)])
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                await source.signal.wait_until(lambda: len(source.named("completed")) == 1)
+                await until_delivered(receiver, 4, clock)
+                hub.stop()
+    events = [verified(r) for r in receiver.delivered()]
+    by_record = {
+        rid: [e["type"] for e in events if e["data"]["record"]["id"] == rid]
+        for rid in ("r1", "bad")
+    }
+    assert by_record == {
+        "r1": ["call.dispatched", "call.result", "call.completed"],
+        "bad": ["record.skipped"],
+    }
+    completed = next(e for e in events if e["type"] == "call.completed")
+    assert completed["data"]["strategy"] == "list"
+    assert (completed["data"]["call_id"], completed["data"]["reason"]) == ("call-1", "hangup")
+    result = next(e for e in events if e["type"] == "call.result")
+    assert result["data"]["result"]["arguments"] == {"status": "confirmed"}
+    # Each failed try carried the id (and body) of the delivery of its event that followed.
+    failed = [r for r in receiver.requests if r.headers["x-answered"] != "200"]
+    delivered = {r.headers["webhook-id"]: r.body for r in receiver.delivered()}
+    assert len(failed) == 2
+    assert len(delivered) == 4
+    for attempt in failed:
+        assert delivered[attempt.headers["webhook-id"]] == attempt.body
+    tampered = Received(receiver.requests[-1].headers, receiver.requests[-1].body + b" ")
+    with pytest.raises(WebhookVerificationError, match="signature"):
+        verified(tampered)
+
+
+async def test_a_receiver_down_then_up_gets_everything_in_order_after_a_restart(
+    sqlite_url: str,
+) -> None:
+    agent = ScriptedAgent(script={A: ["busy", "answer"], B: ["answer"]})
+    records = [rec("r1", A), rec("r2", B)]
+    receiver = Receiver(port=free_port())  # nobody listens yet
+    endpoint = hook(receiver, timeout=2.0)
+    first = make_hub(
+        sqlite_url,
+        agent,
+        ListStrategy(records),
+        webhooks=[endpoint],
+        exit_when_done=True,
+        retry_attempts=1,
+        retry_delay=0.0,
+    )
+    with anyio.fail_after(30):  # it stops with every event still owed to the receiver
+        await first.run()
+    assert receiver.requests == []
+    with receiver.serving():  # the receiver is back; a new daemon delivers what is owed
+        clock = ManualClock()
+        second = make_hub(
+            sqlite_url, ScriptedAgent(), ListStrategy(records), clock=clock, webhooks=[endpoint]
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(second.run)
+                await until_delivered(receiver, 4, clock)
+                second.stop()
+    events = [verified(r) for r in receiver.delivered()]
+    for rid, expected in (
+        ("r1", ["call.dispatched", "call.completed"]),
+        ("r2", ["call.dispatched", "call.completed"]),
+    ):
+        assert [e["type"] for e in events if e["data"]["record"]["id"] == rid] == expected
+    assert len(agent.dials) == 3  # r1 busy then answered, r2 answered; nobody dialed again
+
+
+async def test_a_410_disables_the_endpoint_loudly_and_the_token_never_shows(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    receiver = Receiver(statuses=[410])
+    with receiver.serving(), caplog.at_level(logging.DEBUG):
+        hub = make_hub(sqlite_url, agent, source, webhooks=[hook(receiver)], exit_when_done=True)
+        with anyio.fail_after(20):
+            await hub.run()
+    assert len(receiver.requests) == 1  # dispatched: 410; completed is dropped
+    assert "webhook.disabled name=crm url=http://127.0.0.1" in caplog.text
+    assert "in-the-url" not in caplog.text
+    assert SECRET not in caplog.text
+    assert SECRET.removeprefix("whsec_") not in caplog.text
+
+
+def test_an_endpoint_with_a_bad_secret_or_event_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a Standard Webhooks secret"):
+        WebhookEndpoint("crm", "https://crm.example/hooks", "not-base64!")
+    with pytest.raises(ValueError, match="unknown events"):
+        WebhookEndpoint("crm", "https://crm.example/hooks", SECRET, frozenset({"answered"}))
+    assert SECRET not in repr(WebhookEndpoint("crm", "https://crm.example/hooks", SECRET))
