@@ -782,6 +782,15 @@ def build_store(settings: Settings, base: Path) -> Store:
         raise ConfigError(f"store: {exc}") from exc
 
 
+def _webhooks(settings: Settings, base: Path) -> list[WebhookEndpoint]:
+    hooks = settings.webhooks
+    if len(hooks) > 1 and any(h.name is None for h in hooks):
+        # Pending events are tied to their endpoint by name: one named by its position would
+        # get another's events once the list changes.
+        raise ConfigError("webhooks: give each webhook a name when there are several")
+    return [hook.build(base, n) for n, hook in enumerate(hooks, 1)]
+
+
 def build_hub(
     settings: Settings, *, base: Path | None = None, exit_when_done: bool = False
 ) -> DispatchHub:
@@ -797,7 +806,7 @@ def build_hub(
             pacing=Pacing(**settings.pacing.model_dump()),
             retry=settings.retry.policy(),
             caps=settings.caps.build(),
-            webhooks=[w.build(base, n) for n, w in enumerate(settings.webhooks, 1)],
+            webhooks=_webhooks(settings, base),
             poll_interval=settings.poll_interval,
             drain_timeout=settings.drain_timeout,
             default_region=settings.default_region,

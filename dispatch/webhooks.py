@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ EVENTS = {
     "on_skipped": ("skipped", "record.skipped"),
 }
 PREFIX = "webhook:"
+REST = 5.0  # seconds an endpoint that did not answer is left alone
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,10 @@ class Webhooks:
         self.endpoints: Mapping[str, WebhookEndpoint] = {e.target: e for e in endpoints}
         self.clock = clock
         self.disabled: set[str] = set()
+        # An endpoint that just failed to answer is not tried again for a moment: its other
+        # due events fail at once (and wait their backoff) instead of each taking its
+        # timeout, which would hold the outbox's pass, strategy callbacks included.
+        self._resting: dict[str, float] = {}  # target -> monotonic time it may be tried
         self._client: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
@@ -147,6 +153,9 @@ class Webhooks:
                 why,
             )
             return
+        rest = self._resting.get(endpoint.target)
+        if rest is not None and time.monotonic() < rest:
+            raise ConnectionError(f"webhook {endpoint.name}: not answering (tried again soon)")
         payload = json.dumps(body(row), separators=(",", ":"), default=str)
         message_id = f"msg_{row.created_at:%Y%m%d%H%M%S}_{row.id}"  # the same on every retry
         # The real time, not the hub's clock: the receiver checks it against its own to
@@ -164,8 +173,13 @@ class Webhooks:
             response = await client.post(
                 endpoint.url, content=payload, headers=headers, timeout=endpoint.timeout
             )
-        except Exception as exc:  # httpx's errors, without the headers (the signature)
+        except BaseException as exc:  # httpx's errors (or the outbox's timeout), without
+            # the headers (the signature)
+            self._resting[endpoint.target] = time.monotonic() + REST
+            if not isinstance(exc, Exception):
+                raise
             raise ConnectionError(f"webhook {endpoint.name}: {type(exc).__name__}") from None
+        self._resting.pop(endpoint.target, None)
         if response.status_code == 410:
             self.disabled.add(endpoint.target)
             logger.error(

@@ -695,7 +695,10 @@ class Store:
             hook = ob.Callback(
                 target, callback.name, callback.record, (callback.strategy, *callback.args)
             )
-            rows.append(hook.row(at))
+            row = hook.row(at)
+            # One lane per record of each strategy: a record "42" of two strategies has two.
+            row["record_id"] = f"{callback.strategy}/{callback.record.id}"[:500]
+            rows.append(row)
         return rows
 
     def _with_callback(

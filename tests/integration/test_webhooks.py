@@ -232,3 +232,55 @@ def test_an_endpoint_with_a_bad_secret_or_event_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown events"):
         WebhookEndpoint("crm", "https://crm.example/hooks", SECRET, frozenset({"answered"}))
     assert SECRET not in repr(WebhookEndpoint("crm", "https://crm.example/hooks", SECRET))
+
+
+async def test_a_receiver_that_never_answers_does_not_hold_back_strategy_callbacks(
+    sqlite_url: str,
+) -> None:
+    # A receiver that accepts connections and says nothing: each try takes its timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)
+    port = silent.getsockname()[1]
+    endpoint = WebhookEndpoint("crm", f"http://127.0.0.1:{port}/hooks", SECRET, timeout=3.0)
+    source = ListStrategy([rec(f"r{n}", f"+1415555{2600 + n:04d}") for n in range(48)])
+    hub = make_hub(sqlite_url, ScriptedAgent(), source, webhooks=[endpoint], max_concurrent=48)
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                started = anyio.current_time()
+                await source.signal.wait_until(lambda: len(source.named("completed")) == 48)
+                took = anyio.current_time() - started
+                hub.stop()
+    finally:
+        silent.close()
+    # One try waits out its 3 s; the endpoint's other events fail at once and wait their
+    # backoff. Without that, 96 events 16 at a time would hold the pass for 18 s or more.
+    assert took < 8, took
+
+
+async def test_a_record_id_in_two_strategies_has_its_own_lane_at_each_endpoint(
+    sqlite_url: str,
+) -> None:
+    from tests.conftest import fetch
+
+    receiver = Receiver(statuses=[503] * 100)  # nothing gets through: rows stay pending
+    with receiver.serving():
+        hub = DispatchHub(
+            agent=ScriptedAgent(),
+            strategies=[
+                ListStrategy([rec("42", A)], name="a"),
+                ListStrategy([rec("42", B)], name="b"),
+            ],
+            store=store_for(sqlite_url, ManualClock()),
+            clock=ManualClock(),
+            webhooks=[hook(receiver)],
+            exit_when_done=True,
+        )
+        with anyio.fail_after(20):
+            await hub.run()
+    lanes = await fetch(
+        sqlite_url, "SELECT DISTINCT record_id FROM outbox WHERE strategy = 'webhook:crm'"
+    )
+    assert sorted(lanes) == [("a/42",), ("b/42",)]

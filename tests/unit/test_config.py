@@ -315,3 +315,13 @@ def test_webhooks_take_their_secret_from_a_file_and_never_show_it(tmp_path: Path
     missing = write(tmp_path, MINIMAL + '[[webhooks]]\nurl = "https://crm.example/hooks"\n')
     with pytest.raises(ConfigError, match=r"webhooks\.webhook-1: no secret"):
         build_hub(load_settings(missing), base=tmp_path)
+
+
+def test_several_webhooks_need_names(tmp_path: Path) -> None:
+    import base64
+
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    hook = f'[[webhooks]]\nurl = "https://crm.example/hooks"\nsecret = "{secret}"\n'
+    path = write(tmp_path, MINIMAL + hook + hook)
+    with pytest.raises(ConfigError, match="give each webhook a name"):
+        build_hub(load_settings(path), base=tmp_path)
