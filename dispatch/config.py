@@ -293,12 +293,7 @@ class PinecallAgentConfig(_AgentSection):
         if os.environ.get("CREDENTIALS_DIRECTORY"):
             candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "pinecall_api_key")
         for path in candidates:
-            try:
-                return path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"agent.api_key_file: cannot read {path}: {exc.strerror}"
-                ) from None
+            return read_secret(path, "agent.api_key_file")
         raise ConfigError(
             "agent: no Pinecall API key (set PINECALL_API_KEY, agent.api_key_file or a systemd "
             "credential named pinecall_api_key)"
@@ -496,13 +491,7 @@ class SqlStrategyConfig(_RowTemplates):
         url = _anchored(make_url(self.url), base)
         if self.password_file is not None:
             path = _resolve(base, self.password_file)
-            try:
-                password = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"strategies: password_file: cannot read {path}: {exc.strerror}"
-                ) from None
-            url = url.set(password=password)
+            url = url.set(password=read_secret(path, "strategies: password_file"))
         return url
 
 
@@ -625,12 +614,7 @@ class WebhookConfig(_Section):
             secret = self.secret.get_secret_value()
         elif self.secret_file is not None:
             path = _resolve(base, self.secret_file)
-            try:
-                secret = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"webhooks.{name}: secret_file: cannot read {path}: {exc.strerror}"
-                ) from None
+            secret = read_secret(path, f"webhooks.{name}: secret_file")
         else:
             raise ConfigError(
                 f"webhooks.{name}: no secret (give secret_file, a file holding a whsec_ secret)"
@@ -751,6 +735,14 @@ def _env_variable(loc: list[int | str]) -> str | None:
         if (name := "DISPATCH_" + "__".join(keys[:n]).upper()) in names:
             return names[name]
     return None
+
+
+def read_secret(path: Path, key: str) -> str:
+    """A secret kept in a file (a systemd credential, say), or a ConfigError naming ``key``."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
 
 
 def _resolve(base: Path, path: Path) -> Path:
