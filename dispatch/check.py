@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .abc import Strategy
 from .admission import Admission
 from .clock import Clock, SystemClock
@@ -123,16 +125,33 @@ async def check(
     return CheckReport(parts, sources)
 
 
+# How long the check waits for the agent: one that keeps reconnecting is a finding, not a
+# reason to wait for ever.
+AGENT_DEADLINE = 10.0
+
+
 async def _agent(hub: DispatchHub) -> _Part:
-    try:
-        await hub.agent.open(None)  # no hub behind it: nothing is dialed, nothing reported
-    except Exception as exc:  # every failure is a finding of the check
-        error = dispatch_error_in(exc) or exc
-        return _Part("agent", ok=False, detail=f"{type(error).__name__}: {error}")
-    finally:
-        with contextlib.suppress(Exception):  # a failed open is what the check reports
-            await hub.agent.aclose()
-    return _Part("agent", detail=f"{hub.agent!r} connected and ready")
+    # The agent is opened and closed inside the deadline's scope: an agent's open() may enter
+    # a task group that only its aclose() leaves, and scopes must nest.
+    part = _Part("agent", detail=f"{hub.agent!r} connected and ready")
+    with anyio.move_on_after(AGENT_DEADLINE) as deadline:
+        try:
+            await hub.agent.open(None)  # no hub behind it: nothing is dialed, nothing reported
+        except Exception as exc:  # every failure is a finding of the check
+            error = dispatch_error_in(exc) or exc
+            part = _Part("agent", ok=False, detail=f"{type(error).__name__}: {error}")
+        finally:
+            # Not shielded: a scope opened here would not be the one the agent's task group
+            # sits in. An open() cut short by the deadline closes what it opened itself.
+            with contextlib.suppress(Exception):
+                await hub.agent.aclose()  # a failed open is what the check reports
+    if deadline.cancelled_caught:
+        detail = (
+            f"{hub.agent!r}: cannot connect after {AGENT_DEADLINE:g} s (is the url right, and "
+            "the platform reachable from here?)"
+        )
+        return _Part("agent", ok=False, detail=detail)
+    return part
 
 
 async def _poll(

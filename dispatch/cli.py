@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _dnc_parser(commands)
+    _pause_parsers(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -108,6 +109,20 @@ def _dnc_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         _config_option(each)
 
 
+def _pause_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pause = commands.add_parser(
+        "pause", help="start no new dial (calls in flight finish), until `dispatch resume`"
+    )
+    pause.add_argument("--strategy", metavar="NAME", help="only this strategy (default: all)")
+    pause.add_argument("--reason", metavar="TEXT", help="why (kept with the flag, logged)")
+    resume = commands.add_parser("resume", help="dial again after `dispatch pause`")
+    resume.add_argument(
+        "--strategy", metavar="NAME", help="only this strategy's pause (default: every pause)"
+    )
+    for each in (pause, resume):
+        _config_option(each)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -123,7 +138,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 # The commands that open the store for writing (and would create a SQLite file).
-_WRITERS = ("run", "check", "db", "dnc")
+_WRITERS = ("run", "check", "db", "dnc", "pause", "resume")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,7 +191,7 @@ def _main(args: argparse.Namespace) -> int:
                 "; is the database running and reachable, and is [store] url (or "
                 "DISPATCH_STORE__URL) right?"
             )
-        if args.command in ("status", "history", "check", "dnc"):
+        if args.command in ("status", "history", "check", "dnc", "pause", "resume"):
             print(f"dispatch: {message}", file=sys.stderr)
         else:
             logger.error("dispatch.failed %s: %s", type(error).__name__, message)
@@ -204,6 +219,11 @@ def _command(args: argparse.Namespace, settings: Settings, base: Path) -> int:
         from .dnc_cli import run as dnc
 
         return anyio.run(dnc, settings, base, args)
+    elif args.command in ("pause", "resume"):
+        from . import pause_cli
+
+        command = pause_cli.pause if args.command == "pause" else pause_cli.resume
+        return anyio.run(command, settings, base, args)
     else:
         from .report_cli import history, status
 

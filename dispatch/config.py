@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -100,6 +101,22 @@ def _region(value: object) -> object:
             f"unknown region {value!r} (give a country code phonenumbers knows: US, GB, FR...)"
         )
     return region
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: a Prometheus ``/metrics`` and a ``/healthz`` endpoint (docs/metrics.md)."""
+
+    listen: str | None = Field(
+        None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$",
+        description='"127.0.0.1:9108"; unset: no endpoint.',
+    )
+    health_store_grace: Duration = Field(
+        60.0, ge=0, description="Store outage after which /healthz answers 503."
+    )
+    health_agent_grace: Duration = Field(
+        120.0, ge=0, description="Agent disconnection after which /healthz answers 503."
+    )
 
 
 class PacingConfig(_Section):
@@ -287,13 +304,14 @@ class PinecallAgentConfig(_AgentSection):
         credential ``pinecall_api_key``, in that order; never logged."""
         if self.api_key is not None:
             return self.api_key.get_secret_value()
-        candidates = [self.api_key_file] if self.api_key_file else []
+        if self.api_key_file is not None:
+            return read_secret(self.api_key_file, "agent.api_key_file")
         if os.environ.get("PINECALL_API_KEY"):
             return os.environ["PINECALL_API_KEY"]
         if os.environ.get("CREDENTIALS_DIRECTORY"):
-            candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "pinecall_api_key")
-        for path in candidates:
-            return read_secret(path, "agent.api_key_file")
+            credential = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "pinecall_api_key"
+            if credential.exists():
+                return read_secret(credential, "the pinecall_api_key credential")
         raise ConfigError(
             "agent: no Pinecall API key (set PINECALL_API_KEY, agent.api_key_file or a systemd "
             "credential named pinecall_api_key)"
@@ -573,6 +591,9 @@ class PythonStrategyConfig(_StrategySection):
 
     def build(self, base: Path) -> Strategy:
         module_name, _, attr = self.path.partition(":")
+        # A module beside the configuration file is found, as a user expects.
+        if str(base) not in sys.path:
+            sys.path.insert(0, str(base))
         try:
             target: Any = importlib.import_module(module_name)
             for part in attr.split("."):
@@ -652,6 +673,7 @@ class Settings(BaseSettings):
     caps: CapsConfig = CapsConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     agent: AgentConfig = SimulatedAgentConfig()
     strategies: list[StrategyConfig] = Field(min_length=1)
     webhooks: list[WebhookConfig] = Field(default_factory=list)

@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 
 from .config import Settings, build_hub
 from .hub import DispatchHub
+from .service.metrics import serve_metrics
 from .service.notify import Notifier
 from .service.signals import watch_signals
 from .service.status import hub_status, report_status
@@ -44,6 +45,9 @@ async def run_daemon(
             interval = watchdog_interval(environ)
             if interval is not None and notifier.enabled:
                 tg.start_soon(feed_watchdog, notifier, interval)
+            if settings.metrics.listen is not None:
+                # Up before the hub, so a prober sees the daemon while it starts.
+                await tg.start(serve_metrics, hub, settings.metrics)
             notifier.status("starting: opening the store, the agent and the strategies")
             # Returns once the hub runs: what READY=1 promises.
             await tg.start(_run, hub, tg.cancel_scope)

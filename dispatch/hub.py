@@ -42,7 +42,7 @@ from .rules.gate import CallingRules, Gate, Go, Hold
 from .rules.gate import Refuse as GateRefuse
 from .rules.schedule import Schedule
 from .states import RecordState
-from .store import KnownRecord, Skipped, Store
+from .store import KnownRecord, Skipped, Store, controls
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
 
@@ -75,6 +75,7 @@ class HubStatistics:
     rate_limited: int = 0  # dials taken from the queue, waiting for the rate limit
     held_numbers: int = 0  # numbers not dialed for now: a call to them may still be live
     do_not_call: int = 0  # numbers on the do-not-call list, as last read from the store
+    paused: frozenset[str] = frozenset()  # strategies `dispatch pause` holds, as last read
 
 
 class DispatchHub:
@@ -166,6 +167,10 @@ class DispatchHub:
         self.caps = caps or Caps()
         self._dnc_read = -math.inf  # when the do-not-call list was last looked at (monotonic)
         self._dnc_stale = False  # the last look failed
+        # `dispatch pause` flags (strategy or "*" -> flag), as last read from the store.
+        self._pauses: dict[str, controls.Pause] = {}
+        self._pauses_read = -math.inf  # when (monotonic)
+        self._pauses_stale = False  # the last read failed
         self._cap_tracker = CapTracker()
         self._dnc = DoNotCallList()
         self._gate = Gate(self._dnc, self._cap_tracker)
@@ -250,6 +255,9 @@ class DispatchHub:
             rate_limited=self._limiter.statistics().waiting if self._limiter else 0,
             held_numbers=self._queue.held,
             do_not_call=len(self._dnc),
+            paused=frozenset(
+                s.name for s in self._sources if controls.is_paused(self._pauses, s.name)
+            ),
         )
 
     async def __aenter__(self) -> Self:
@@ -411,6 +419,29 @@ class DispatchHub:
         else:
             self._dnc_stale = False
 
+    async def _maybe_refresh_pauses(self) -> None:
+        """Read the pause flags (``dispatch pause`` from another shell) at most once per
+        ``poll_interval``, as the do-not-call list is; log each change once."""
+        now = self.clock.monotonic()
+        if now - self._pauses_read < self.poll_interval:
+            return
+        self._pauses_read = now
+        try:
+            flags = await controls.paused(self.store.engine)
+        except StoreError as exc:
+            # Keep the flags as last read: an outage neither pauses nor resumes anything.
+            if not self._pauses_stale:
+                logger.warning("hub.pause_read_failed error=%s (using the flags as last read)",
+                               exc)  # fmt: skip
+            self._pauses_stale = True
+            return
+        self._pauses_stale = False
+        for name in flags.keys() - self._pauses.keys():
+            logger.info("hub.paused strategy=%s reason=%s", name, flags[name].reason or "-")
+        for name in self._pauses.keys() - flags.keys():
+            logger.info("hub.resumed strategy=%s", name)
+        self._pauses = flags
+
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
         """Tell the store this daemon is alive; stop the hub if another daemon took over."""
         interval = self.store.heartbeat_options.interval
@@ -511,6 +542,7 @@ class DispatchHub:
             if schedule is not None:
                 await self._wait_for_schedule(source, schedule)
             await self._maybe_refresh_dnc()
+            await self._maybe_refresh_pauses()
             source.polling = True
             try:
                 result = source.strategy.poll()
@@ -752,6 +784,13 @@ class DispatchHub:
             # The list is read again every poll_interval, whether or not a strategy polls
             # (a closed schedule, a slow source).
             await self._maybe_refresh_dnc()
+            await self._maybe_refresh_pauses()
+            if controls.is_paused(self._pauses, source.name):
+                # Paused: no new dial (calls in flight go on). The record waits one poll
+                # interval, when the flags may have been read again, and is taken anew.
+                until = self.clock.now() + timedelta(seconds=self.poll_interval)
+                await self._not_now(source, record, Hold(until, "paused"), slots)
+                continue
             verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
             if not isinstance(verdict, Go):
                 await self._not_now(source, record, verdict, slots)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from .config import Settings, store_url
 from .errors import InvalidPhone, StoreError, StoreUnavailable
 from .record import normalize_phone
-from .store import Store, reports
+from .store import Store, controls, reports
 
 __all__ = ["history", "status"]
 
@@ -50,8 +50,13 @@ async def _reading(settings: Settings, base: Path) -> AsyncIterator[Store]:
 async def status(settings: Settings, base: Path, args: argparse.Namespace) -> None:
     async with _reading(settings, base) as store:
         report = await reports.status(store.engine, datetime.now(UTC))
+        flags = await controls.paused(store.engine)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        paused = {
+            name: {"since": f.paused_at.isoformat(), "reason": f.reason}
+            for name, f in flags.items()
+        }
+        print(json.dumps({**report.as_dict(), "paused": paused}, indent=2))
         return
     columns = ["completed", "failed", "skipped", "expired", "interrupted", "dialing", "retry"]
     rows = [
@@ -77,8 +82,23 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
                 # A count of 0 is a note, not a count (when a closed schedule opens).
                 listed = ", ".join(f"{k} {v}" if v else k for k, v in sorted(counts.items()))
                 print(f"{name}: {label}: {listed}")
+    for name, flag in sorted(flags.items()):
+        which = "every strategy" if name == "*" else f"strategy {name}"
+        why = f": {flag.reason}" if flag.reason else ""
+        print(f"paused: {which} since {_time(flag.paused_at)}{why} (dispatch resume)")
+    alive = report.alive(settings.store.heartbeat_timeout)
+    for daemon in alive:
+        age = (report.generated_at - daemon.heartbeat_at).total_seconds()
+        print(f"daemon: running on {daemon.host} (pid {daemon.pid}), heartbeat {age:.0f}s ago")
+    if not alive:
+        last = max((d.heartbeat_at for d in report.daemons), default=None)
+        since = f"; last heartbeat {_time(last)}" if last else ""
+        print(f"daemon: not running{since}")
+    flying = str(report.in_flight)
+    if report.in_flight and not alive:
+        flying += " (left by a daemon that is gone: the next start records them interrupted)"
     print(
-        f"calls in flight: {report.in_flight}; "
+        f"calls in flight: {flying}; "
         f"dial starts in the last minute: {report.dials_last_minute}; "
         f"callbacks pending: {report.outbox_pending} ({report.outbox_failing} failing)"
     )

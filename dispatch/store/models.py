@@ -22,7 +22,16 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "do_not_call", "instances", "metadata", "outbox", "records", "sources"]
+__all__ = [
+    "attempts",
+    "controls",
+    "do_not_call",
+    "instances",
+    "metadata",
+    "outbox",
+    "records",
+    "sources",
+]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -161,5 +170,15 @@ do_not_call = Table(
     Column("strategy", String(200)),
     Column("record_id", String(500)),
     Column("attempt_id", String(64)),  # the attempt whose result added it
+    Column("reason", String(500)),
+)
+
+# Operators' pause flags (`dispatch pause` / `dispatch resume`, migration 0009): a row per
+# paused strategy, "*" for every strategy. The hub dials no new record of a paused strategy.
+controls = Table(
+    "controls",
+    metadata,
+    Column("strategy", String(200), primary_key=True),  # a strategy's name, or "*": all of them
+    Column("paused_at", UtcDateTime(), nullable=False),
     Column("reason", String(500)),
 )

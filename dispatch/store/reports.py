@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..states import AttemptState, RecordState
 from .errors import translated
-from .models import attempts, records, sources
+from .models import attempts, instances, records, sources
 from .outbox import backlog
 
-__all__ = ["AttemptRow", "StatusReport", "StrategyStatus", "history", "status"]
+__all__ = ["AttemptRow", "Daemon", "StatusReport", "StrategyStatus", "history", "status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,24 @@ class StrategyStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Daemon:
+    """A daemon registered in the store (``instances``): where it runs and its heartbeat."""
+
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     generated_at: datetime
     strategies: dict[str, StrategyStatus]
@@ -45,10 +63,17 @@ class StatusReport:
     dials_last_minute: int  # dial starts in the 60 s before generated_at
     outbox_pending: int = 0  # callbacks not delivered yet
     outbox_failing: int = 0  # of which failed at least once
+    daemons: list[Daemon] = field(default_factory=list)  # registered, with their heartbeat
+
+    def alive(self, timeout: float) -> list[Daemon]:
+        """The daemons whose heartbeat is younger than ``timeout`` seconds."""
+        horizon = self.generated_at - timedelta(seconds=timeout)
+        return [d for d in self.daemons if d.heartbeat_at > horizon]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "generated_at": self.generated_at.isoformat(),
+            "daemons": [d.as_dict() for d in self.daemons],
             "in_flight": self.in_flight,
             "dials_last_minute": self.dials_last_minute,
             "outbox": {"pending": self.outbox_pending, "failing": self.outbox_failing},
@@ -125,6 +150,16 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
             flying = (await conn.execute(in_flight)).scalar_one()
             last_minute = (await conn.execute(recent)).scalar_one()
             queues = {row.strategy: row for row in await conn.execute(select(sources))}
+            registered = (
+                await conn.execute(
+                    select(
+                        instances.c.host,
+                        instances.c.pid,
+                        instances.c.started_at,
+                        instances.c.heartbeat_at,
+                    )
+                )
+            ).all()
     pending, failing = await backlog(engine)
     states: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
@@ -148,7 +183,8 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
         )
         for name in sorted(states)
     }
-    return StatusReport(now, report, flying, last_minute, pending, failing)
+    daemons = [Daemon(*row) for row in registered]
+    return StatusReport(now, report, flying, last_minute, pending, failing, daemons)
 
 
 async def history(

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -172,7 +173,11 @@ def test_sigterm_stops_dialing_drains_and_exits_0(workdir: Path) -> None:
         live = json.loads(dispatch("status", "-c", "config.toml", "--json", cwd=workdir).stdout)
         assert live["in_flight"] == 3
         assert live["strategies"]["reminders"]["states"]["dialing"] == 3
+        running = dispatch("status", "-c", "config.toml", cwd=workdir).stdout
+        assert f"daemon: running on {socket.gethostname()} (pid {daemon.process.pid})" in running
         assert daemon.stop() == 0, daemon.output
+    after = dispatch("status", "-c", "config.toml", cwd=workdir).stdout
+    assert "daemon: not running" in after  # a clean stop unregistered it
     db = workdir / "dispatch.db"
     assert query(db, "SELECT state, count(*) FROM attempts GROUP BY state") == [("interrupted", 3)]
     assert "daemon.signal SIGTERM" in daemon.output

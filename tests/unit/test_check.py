@@ -58,3 +58,23 @@ async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) ->
         ("skip", "mars", "unknown_timezone: unknown time zone 'Mars/Olympus': give an IANA "
                          "name such as 'America/New_York'"),
     ]  # fmt: skip
+
+
+async def test_check_gives_up_on_an_agent_that_keeps_reconnecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dispatch.check
+
+    monkeypatch.setattr(dispatch.check, "AGENT_DEADLINE", 0.5)
+    monkeypatch.setenv("PINECALL_API_KEY", "pk_test")
+    (tmp_path / "leads.csv").write_text("id,phone\n")
+    (tmp_path / "config.toml").write_text(
+        '[agent]\nkind = "pinecall"\nagent_id = "dialer"\nurl = "ws://127.0.0.1:1"\n'
+        '[[strategies]]\nkind = "csv"\npath = "leads.csv"\n'
+    )
+    settings = load_settings(tmp_path / "config.toml")
+    with anyio.fail_after(10):
+        report = await check(settings, tmp_path, limit=1)
+    agent = next(p for p in report.parts if p.name == "agent")
+    assert not agent.ok
+    assert "cannot connect after 0.5 s" in agent.detail

@@ -325,3 +325,26 @@ def test_several_webhooks_need_names(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + hook + hook)
     with pytest.raises(ConfigError, match="give each webhook a name"):
         build_hub(load_settings(path), base=tmp_path)
+
+
+def test_the_pinecall_key_file_wins_over_the_environment_as_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("pk_from_file\n")
+    monkeypatch.setenv("PINECALL_API_KEY", "pk_from_env")
+    text = PINECALL.replace('voice = "alloy"', f'voice = "alloy"\napi_key_file = "{key_file}"')
+    settings = load_settings(write(tmp_path, text))
+    assert build_hub(settings, base=tmp_path).agent._api_key == "pk_from_file"  # type: ignore[attr-defined]
+
+
+def test_a_python_strategy_beside_the_configuration_is_found(tmp_path: Path) -> None:
+    (tmp_path / "my_crm_beside.py").write_text(
+        "from dispatch import Strategy\n\n"
+        "class Crm(Strategy):\n"
+        "    async def poll(self):\n"
+        "        return []\n"
+    )
+    path = write(tmp_path, '[[strategies]]\nkind = "python"\npath = "my_crm_beside:Crm"\n')
+    hub = build_hub(load_settings(path), base=tmp_path)
+    assert type(hub.strategies[0]).__name__ == "Crm"

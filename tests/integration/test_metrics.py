@@ -1,0 +1,231 @@
+"""The metrics endpoint over real HTTP: /metrics reads the hub, /healthz judges it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from dispatch import DispatchHub
+from dispatch.clock import SystemClock
+from dispatch.config import MetricsConfig, Settings
+from dispatch.daemon import run_daemon
+from dispatch.service.metrics import (
+    HealthLimits,
+    MetricsServer,
+    agent_connected,
+    health_problem,
+    parse_listen,
+)
+from dispatch.store.store import StoreStatistics
+from dispatch.testing import ManualClock, ScriptedAgent
+from tests.support import ListStrategy, rec, store_for
+
+pytestmark = pytest.mark.anyio
+
+A, B, C = "+14155552671", "+14155552672", "+14155552673"
+LIMITS = HealthLimits(store_grace=60.0, agent_grace=120.0, loop_lag=5.0)
+HEALTHY = StoreStatistics(commits=3, writes=5)
+
+
+@asynccontextmanager
+async def serving(hub: Any, limits: HealthLimits = LIMITS) -> AsyncIterator[httpx.AsyncClient]:
+    """``hub``'s endpoint on a free port, and a client pointed at it."""
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(MetricsServer(hub, "127.0.0.1", 0, limits).serve)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            yield client
+        tg.cancel_scope.cancel()
+
+
+def samples(text: str) -> dict[str, float]:
+    """``{'dispatch_dials_total': 3.0, 'dispatch_outcomes_total{outcome="failed"}': 1.0}``."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
+async def test_metrics_count_the_dials_and_outcomes_of_a_running_hub(sqlite_url: str) -> None:
+    clock = SystemClock()  # the calls end at once; the hub's own timers need not move
+    source = ListStrategy([rec("r1", A), rec("r2", B), rec("r3", C), rec("bad", "12")])
+    agent = ScriptedAgent(script={C: ["failed"]})
+    hub = DispatchHub(
+        agent=agent, strategies=[source], store=store_for(sqlite_url, clock), clock=clock
+    )
+    with anyio.fail_after(20):
+        async with hub:
+            await source.signal.wait_until(
+                lambda: (s := hub.statistics()).completed + s.failed + s.skipped == 4
+            )
+            async with serving(hub) as client:
+                response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    got = samples(response.text)
+    assert got["dispatch_dials_total"] == 3
+    assert got['dispatch_outcomes_total{outcome="completed"}'] == 2
+    assert got['dispatch_outcomes_total{outcome="failed"}'] == 1
+    assert got['dispatch_outcomes_total{outcome="skipped"}'] == 1
+    assert got["dispatch_calls_active"] == 0
+    assert got['dispatch_strategy_pending{strategy="list"}'] == 0
+    assert got["dispatch_store_available"] == 1
+    assert got["dispatch_store_commits_total"] > 0
+    assert got["dispatch_store_unavailable_seconds"] == 0
+    assert "dispatch_agent_connected" not in got  # a scripted agent has no connection
+
+
+async def test_healthz_is_ok_and_unknown_paths_are_404(sqlite_url: str) -> None:
+    clock = ManualClock()
+    hub = DispatchHub(
+        agent=ScriptedAgent(), strategies=[ListStrategy()], store=store_for(sqlite_url, clock),
+        clock=clock,
+    )  # fmt: skip
+    with anyio.fail_after(20):
+        async with hub, serving(hub) as client:
+            health = await client.get("/healthz")
+            missing = await client.get("/nope")
+            posted = await client.post("/metrics")
+    assert (health.status_code, health.text) == (200, "ok\n")
+    assert missing.status_code == 404
+    assert posted.status_code == 405
+
+
+@dataclass
+class FakeStore:
+    stats: StoreStatistics = HEALTHY
+
+    @property
+    def available(self) -> bool:
+        return self.stats.unavailable_since is None
+
+    def statistics(self) -> StoreStatistics:
+        return self.stats
+
+
+@dataclass
+class FakeHub:
+    """What the endpoint reads of a hub, with a store whose outage a test sets."""
+
+    clock: ManualClock = field(default_factory=ManualClock)
+    store: FakeStore = field(default_factory=FakeStore)
+    agent: Any = field(default_factory=ScriptedAgent)
+    _sources: list[Any] = field(default_factory=list)
+
+    def statistics(self) -> Any:
+        return SimpleNamespace(
+            dialed=0, completed=0, failed=0, skipped=0, active=0, pending=0, waiting=0,
+            rate_limited=0, held_numbers=0, do_not_call=0,
+        )  # fmt: skip
+
+
+async def test_healthz_answers_503_with_the_reason_once_a_store_outage_outlasts_its_grace() -> None:
+    hub = FakeHub()
+    with anyio.fail_after(10):
+        async with serving(hub) as client:
+            start = hub.clock.monotonic()
+            hub.store.stats = StoreStatistics(1, 1, held=2, unavailable_since=start, failed_tries=4)
+            hub.clock.advance(30)
+            within_grace = await client.get("/healthz")
+            hub.clock.advance(40)
+            past_grace = await client.get("/healthz")
+            metrics = samples((await client.get("/metrics")).text)
+    assert within_grace.status_code == 200
+    assert past_grace.status_code == 503
+    assert past_grace.text == "store unreachable for 70s (4 failed tries)\n"
+    assert metrics["dispatch_store_available"] == 0
+    assert metrics["dispatch_store_unavailable_seconds"] == 70
+    assert metrics["dispatch_store_writes_held"] == 2
+
+
+async def test_healthz_fails_once_the_agent_stays_disconnected_past_its_grace() -> None:
+    agent = SimpleNamespace(_ready=anyio.Event())  # a connection-keeping agent, disconnected
+    hub = FakeHub(agent=agent)
+    with anyio.fail_after(10):
+        async with serving(hub) as client:
+            first = await client.get("/healthz")  # the disconnection is noticed here
+            hub.clock.advance(121)
+            second = await client.get("/healthz")
+            agent._ready.set()
+            third = await client.get("/healthz")
+            metrics = samples((await client.get("/metrics")).text)
+    assert [first.status_code, second.status_code, third.status_code] == [200, 503, 200]
+    assert second.text == "agent disconnected for 121s\n"
+    assert metrics["dispatch_agent_connected"] == 1
+
+
+def test_health_problem_puts_a_lagging_loop_first_and_tolerates_a_store_not_yet_open() -> None:
+    outage = StoreStatistics(0, 0, unavailable_since=0.0, failed_tries=1)
+    lagging = health_problem(now=100, store=outage, agent_down_since=0, loop_lag=6.5, limits=LIMITS)
+    assert lagging == "event loop lagging: a 1s tick came 6.5s late"
+    assert (
+        health_problem(now=100, store=None, agent_down_since=None, loop_lag=0, limits=LIMITS)
+        is None
+    )
+    assert (
+        health_problem(now=59, store=outage, agent_down_since=None, loop_lag=0, limits=LIMITS)
+        is None
+    )
+
+
+def test_agent_connected_reads_only_what_the_agent_exposes() -> None:
+    assert agent_connected(ScriptedAgent()) is None
+    assert agent_connected(SimpleNamespace(_ready=None)) is False
+    ready = anyio.Event()
+    ready.set()
+    assert agent_connected(SimpleNamespace(_ready=ready)) is True
+
+
+def test_metrics_config_parses_durations_and_rejects_a_listen_address_without_port() -> None:
+    config = MetricsConfig(listen="127.0.0.1:9108", health_store_grace="2m")
+    assert config.health_store_grace == 120.0
+    assert parse_listen("127.0.0.1:9108") == ("127.0.0.1", 9108)
+    assert parse_listen("[::1]:9108") == ("::1", 9108)
+    assert parse_listen(":9108") == ("0.0.0.0", 9108)
+    with pytest.raises(ValidationError):
+        MetricsConfig(listen="localhost")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_daemon_serves_metrics_on_the_configured_address(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone\nr1,{A}\n", encoding="utf-8")
+    port = free_port()
+    settings = Settings(
+        store={"url": sqlite_url},
+        agent={"kind": "simulated", "time_scale": 0},
+        strategies=[{"kind": "csv", "path": "leads.csv", "watch": False}],
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_daemon(settings, base=tmp_path, environ={}))
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                while True:
+                    try:
+                        health = await client.get("/healthz")
+                        break
+                    except httpx.ConnectError:
+                        await anyio.sleep(0.05)  # the daemon is still binding
+                metrics = samples((await client.get("/metrics")).text)
+            tg.cancel_scope.cancel()
+    assert health.status_code == 200
+    assert "dispatch_dials_total" in metrics
+    assert any(name.startswith("dispatch_strategy_pending{") for name in metrics)
