@@ -165,11 +165,11 @@ class DispatchHub:
         )
         self._counters = Counters()
         self.caps = caps or Caps()
-        self._dnc_read = -math.inf  # when the do-not-call list was last looked at (monotonic)
-        self._dnc_stale = False  # the last look failed
+        # When the DNC list and the pause flags were last read (monotonic).
+        self._controls_read = -math.inf
+        self._dnc_stale = False  # the last read of the list failed
         # `dispatch pause` flags (strategy or "*" -> flag), as last read from the store.
         self._pauses: dict[str, controls.Pause] = {}
-        self._pauses_read = -math.inf  # when (monotonic)
         self._pauses_stale = False  # the last read failed
         self._cap_tracker = CapTracker()
         self._dnc = DoNotCallList()
@@ -401,35 +401,27 @@ class DispatchHub:
                 logger.info("dnc.reloaded numbers=%d", len(self._dnc))
         self._dnc.checked_at = self.clock.now()
 
-    async def _maybe_refresh_dnc(self) -> None:
-        """Reload the do-not-call list if it changed (``dispatch dnc`` from another shell),
-        at most once per ``poll_interval``: before a poll, so a number added while its record
-        waits is seen within one poll interval."""
+    async def _maybe_read_controls(self) -> None:
+        """Read what other shells change in the store (``dispatch dnc``, ``dispatch pause``)
+        at most once per ``poll_interval``: a number added while its record waits, or a
+        pause, is seen within one poll interval. Called before each poll and each dial.
+        A failed read keeps what was read last, and is said once, not every time."""
         now = self.clock.monotonic()
-        if now - self._dnc_read < self.poll_interval:
+        if now - self._controls_read < self.poll_interval:
             return
-        self._dnc_read = now
+        self._controls_read = now
         try:
             await self._refresh_dnc()
         except StoreError as exc:
-            # Dialing goes on with the list as last read; say so once, not every time.
             if not self._dnc_stale:
                 logger.warning("dnc.refresh_failed error=%s (using the list as last read)", exc)
             self._dnc_stale = True
         else:
             self._dnc_stale = False
-
-    async def _maybe_refresh_pauses(self) -> None:
-        """Read the pause flags (``dispatch pause`` from another shell) at most once per
-        ``poll_interval``, as the do-not-call list is; log each change once."""
-        now = self.clock.monotonic()
-        if now - self._pauses_read < self.poll_interval:
-            return
-        self._pauses_read = now
         try:
             flags = await controls.paused(self.store.engine)
         except StoreError as exc:
-            # Keep the flags as last read: an outage neither pauses nor resumes anything.
+            # An outage neither pauses nor resumes anything.
             if not self._pauses_stale:
                 logger.warning("hub.pause_read_failed error=%s (using the flags as last read)",
                                exc)  # fmt: skip
@@ -541,8 +533,7 @@ class DispatchHub:
         while True:
             if schedule is not None:
                 await self._wait_for_schedule(source, schedule)
-            await self._maybe_refresh_dnc()
-            await self._maybe_refresh_pauses()
+            await self._maybe_read_controls()
             source.polling = True
             try:
                 result = source.strategy.poll()
@@ -781,10 +772,8 @@ class DispatchHub:
             await self.store.wait_available()
             await slots.acquire()
             source, record = await self._queue.take()
-            # The list is read again every poll_interval, whether or not a strategy polls
-            # (a closed schedule, a slow source).
-            await self._maybe_refresh_dnc()
-            await self._maybe_refresh_pauses()
+            # Read here too, whether or not a strategy polls (a closed schedule, a slow one).
+            await self._maybe_read_controls()
             if controls.is_paused(self._pauses, source.name):
                 # Paused: no new dial (calls in flight go on). The record waits one poll
                 # interval, when the flags may have been read again, and is taken anew.
