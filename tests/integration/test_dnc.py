@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import anyio
@@ -19,12 +18,8 @@ LATER = NOW + timedelta(hours=1)
 
 
 @pytest.fixture
-async def store(any_store_url: str) -> AsyncIterator[Store]:
-    """A migrated store, its writer not running: the CLI's situation."""
-    store = Store(any_store_url)
-    await store.open()
-    yield store
-    await store.aclose()
+def store(migrated_store: Store) -> Store:
+    return migrated_store
 
 
 def numbers(count: int, start: int = 0) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -19,12 +18,8 @@ LATER = NOW + timedelta(hours=1)
 
 
 @pytest.fixture
-async def store(any_store_url: str) -> AsyncIterator[Store]:
-    """A migrated store, its writer not running: the CLI's situation."""
-    store = Store(any_store_url)
-    await store.open()
-    yield store
-    await store.aclose()
+def store(migrated_store: Store) -> Store:
+    return migrated_store
 
 
 async def test_nothing_is_paused_in_a_new_store(store: Store) -> None:
