@@ -133,3 +133,14 @@ async def test_an_earlier_deadline_re_arms_a_timer_sleeping_for_a_hold() -> None
         q.unhold(A)
         assert q.held == 0
         tg.cancel_scope.cancel()
+
+
+def test_waiting_records_are_counted_by_what_they_wait_for() -> None:
+    q = queue("a")
+    [source] = q.sources
+    q.delay(source, rec("r1", PHONES[1]), 10.0, "outside hours until 08:00 America/Chicago (us)")
+    q.delay(source, rec("r2", PHONES[2]), 10.0, "outside hours until 09:00 Europe/Paris (fr)")
+    q.delay(source, rec("r3", PHONES[3]), 10.0, "cap: 3 calls in 24 h")
+    q.delay(source, rec("r4", PHONES[4]), 10.0)  # a retry
+    q.withdraw(source, "r2")
+    assert source.waiting_reasons() == {"outside hours": 1, "cap": 1, "retry or not_before": 1}
