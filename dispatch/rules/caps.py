@@ -94,6 +94,8 @@ class CapTracker:
                 self.refused(start.phone, start.at)
 
     def started(self, phone: str, at: datetime) -> None:
+        if not self.horizon:
+            return  # no cap looks at dial starts: keep nothing per number
         times = self._starts.setdefault(phone, [])
         bisect.insort(times, at)
         horizon = at - timedelta(seconds=self.horizon)
