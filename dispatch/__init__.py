@@ -38,6 +38,8 @@ _EXPORTS = {
     "DispatchHub": ".hub",
     "Heartbeat": ".store",
     "HubStatistics": ".hub",
+    "KEEP": ".hub",
+    "Keep": ".hub",
     "InvalidPhone": ".errors",
     "LateOutcome": ".abc",
     "LimiterStatistics": ".pacing",
@@ -53,6 +55,7 @@ _EXPORTS = {
     "SimulatedAgent": ".agents",
     "SkipReason": ".states",
     "SlidingWindowLimiter": ".pacing",
+    "Slots": ".pacing",
     "SourceError": ".errors",
     "Store": ".store",
     "StoreError": ".errors",
@@ -95,9 +98,9 @@ if TYPE_CHECKING:
         StoreInUse,
         StoreUnavailable,
     )
-    from .hub import DispatchHub, HubStatistics
+    from .hub import KEEP, DispatchHub, HubStatistics, Keep
     from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
-    from .pacing import LimiterStatistics, Reservation, SlidingWindowLimiter
+    from .pacing import LimiterStatistics, Reservation, SlidingWindowLimiter, Slots
     from .record import Record, normalize_phone
     from .results import ActionKind, ResultAction, ResultTool
     from .rules.caps import Caps
@@ -125,6 +128,7 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "KEEP",
     "ActionKind",
     "Agent",
     "AgentContext",
@@ -148,6 +152,7 @@ __all__ = [
     "Heartbeat",
     "HubStatistics",
     "InvalidPhone",
+    "Keep",
     "LateOutcome",
     "LimiterStatistics",
     "Malformed",
@@ -166,6 +171,7 @@ __all__ = [
     "SimulatedResult",
     "SkipReason",
     "SlidingWindowLimiter",
+    "Slots",
     "SourceError",
     "Store",
     "StoreError",

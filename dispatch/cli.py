@@ -203,7 +203,13 @@ def _command(args: argparse.Namespace, settings: Settings, base: Path) -> int:
         from .daemon import run_daemon
 
         anyio.run(
-            functools.partial(run_daemon, settings, base=base, exit_when_done=args.exit_when_done)
+            functools.partial(
+                run_daemon,
+                settings,
+                base=base,
+                config=args.config.resolve(),
+                exit_when_done=args.exit_when_done,
+            )
         )
     elif args.command == "check":
         from .check import check

@@ -805,6 +805,28 @@ def _webhooks(settings: Settings, base: Path) -> list[WebhookEndpoint]:
     return [hook.build(base, n) for n, hook in enumerate(hooks, 1)]
 
 
+def hub_settings(settings: Settings, base: Path) -> dict[str, Any]:
+    """The hub's keyword arguments that a reload may change
+    (:meth:`~dispatch.DispatchHub.reconfigure` takes the same), strategies aside."""
+    try:
+        return {
+            "from_": settings.from_,
+            "pacing": Pacing(**settings.pacing.model_dump()),
+            "retry": settings.retry.policy(),
+            "caps": settings.caps.build(),
+            "webhooks": _webhooks(settings, base),
+            "poll_interval": settings.poll_interval,
+            "drain_timeout": settings.drain_timeout,
+            "default_region": settings.default_region,
+        }
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+# What a reload cannot change: the daemon keeps running with the values it started with.
+RESTART_ONLY = ("store", "agent", "metrics", "logging", "callbacks", "recover", "recover_hold")
+
+
 def build_hub(
     settings: Settings, *, base: Path | None = None, exit_when_done: bool = False
 ) -> DispatchHub:
@@ -815,15 +837,7 @@ def build_hub(
         return DispatchHub(
             agent=settings.agent.build(),
             strategies=strategies,
-            from_=settings.from_,
             store=build_store(settings, base),
-            pacing=Pacing(**settings.pacing.model_dump()),
-            retry=settings.retry.policy(),
-            caps=settings.caps.build(),
-            webhooks=_webhooks(settings, base),
-            poll_interval=settings.poll_interval,
-            drain_timeout=settings.drain_timeout,
-            default_region=settings.default_region,
             recover=settings.recover,
             recover_hold=settings.recover_hold,
             callback_timeout=settings.callbacks.timeout,
@@ -831,6 +845,7 @@ def build_hub(
                 settings.callbacks.retry_initial, settings.callbacks.retry_max
             ),
             exit_when_done=exit_when_done,
+            **hub_settings(settings, base),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -1,7 +1,8 @@
 """The daemon: a hub built from configuration, run under a service manager's eye.
 
 Signals (:mod:`dispatch.service.signals`): SIGTERM and SIGINT drain calls in flight, then the
-process exits 0; SIGHUP is logged and ignored. Under systemd (``Type=notify``) it says
+process exits 0; SIGHUP reloads ``config`` (:mod:`dispatch.service.reload`), with
+``RELOADING=1`` and ``READY=1`` around it. Under systemd (``Type=notify``) it says
 ``READY=1`` once the hub is up (the store migrated, the agent connected and registered, the
 strategies open), keeps ``STATUS=`` current, pings the watchdog from the event loop and says
 ``STOPPING=1`` when the drain begins.
@@ -21,6 +22,7 @@ from .config import Settings, build_hub
 from .hub import DispatchHub
 from .service.metrics import serve_metrics
 from .service.notify import Notifier
+from .service.reload import Reloader
 from .service.signals import watch_signals
 from .service.status import hub_status, report_status
 from .service.watchdog import feed_watchdog, watchdog_interval
@@ -34,14 +36,18 @@ async def run_daemon(
     settings: Settings,
     *,
     base: Path,
+    config: Path | None = None,
     exit_when_done: bool = False,
     environ: Mapping[str, str] = os.environ,
 ) -> None:
+    """Run the hub ``settings`` describe (read from the file ``config``, which SIGHUP reads
+    again) until a signal or, with ``exit_when_done``, the end of the work."""
     hub = build_hub(settings, base=base, exit_when_done=exit_when_done)
     notifier = Notifier.from_environ(environ)
+    reloader = Reloader(hub, settings, config, base)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_signals, hub, notifier)
+            tg.start_soon(watch_signals, hub, notifier, reloader)
             interval = watchdog_interval(environ)
             if interval is not None and notifier.enabled:
                 tg.start_soon(feed_watchdog, notifier, interval)

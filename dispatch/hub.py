@@ -8,8 +8,10 @@ persistence in :mod:`dispatch.store`, callbacks in :mod:`dispatch.outbox`.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -33,7 +35,7 @@ from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .options import Backoff, Pacing, RecoverMode, RetryPolicy
 from .outbox import Outbox
-from .pacing import Reservation, SlidingWindowLimiter
+from .pacing import Reservation, SlidingWindowLimiter, Slots
 from .queue import DispatchQueue, Source
 from .record import Record
 from .rules.caps import Caps, CapTracker
@@ -46,7 +48,7 @@ from .store import KnownRecord, Skipped, Store, controls
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
 
-__all__ = ["DispatchHub", "HubStatistics"]
+__all__ = ["KEEP", "DispatchHub", "HubStatistics", "Keep"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,15 @@ INTAKE_SLICE = 0.005
 _RETRY = RecordState.RETRY.value
 SKIP_BATCH = 500  # skips committed per transaction
 SKIP_LOG_LIMIT = 100  # skips logged one by one per poll; the rest are summed up
+
+
+class Keep(enum.Enum):
+    """The type of :data:`KEEP`: "leave this setting as it is" where None means something."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +132,7 @@ class DispatchHub:
         webhooks: Sequence[WebhookEndpoint] = (),
         clock: Clock | None = None,
     ) -> None:
-        names = [s.name for s in strategies]
-        if not names:
-            raise ValueError("a hub needs at least one strategy")
-        if len(set(names)) != len(names):
-            raise ValueError(f"strategy names must be unique, got {names}")
-        if poll_interval <= 0:
-            raise ValueError("poll_interval must be positive")
+        _check(strategies, poll_interval)
         if recover_hold < 0:
             raise ValueError("recover_hold cannot be negative")
         self.agent = agent
@@ -177,11 +182,10 @@ class DispatchHub:
         self._rules = {s.name: self._calling_rules(s) for s in strategies}
         horizons = [r.caps.horizon for r in self._rules.values()]
         self._cap_tracker.horizon = max(horizons, default=0.0)
-        self._smoother = (
-            AsyncLimiter(1, 1 / self.pacing.max_calls_per_second)
-            if self.pacing.max_calls_per_second
-            else None
-        )
+        self._smoother = _smoother(self.pacing)
+        self._slots = Slots(self.pacing.max_concurrent)
+        self._control: TaskGroup | None = None  # the poll loops' task group, while serving
+        self._reconfiguring = anyio.Lock()
         self._attempts = Attempts(
             store=self.store,
             agent=agent,
@@ -204,12 +208,16 @@ class DispatchHub:
         self._stop_in_loop: Callable[[], None] | None = None
         self._running = False
         self._background: AsyncExitStack | None = None
+        # Strategies a reload removed or replaced, closed with the hub (their callbacks for
+        # calls still in flight are delivered to the strategy now named so, if any).
+        self._retired: list[Strategy] = []
+        self._retired_webhooks: list[Webhooks] = []
 
-    def _calling_rules(self, strategy: Strategy) -> CallingRules:
+    def _calling_rules(self, strategy: Strategy, caps: Caps | None = None) -> CallingRules:
         """The strategy's calling rules, with the hub's caps tightened by its pack's and its
         own."""
         rules = strategy.calling_rules or CallingRules()
-        caps = self.caps
+        caps = caps or self.caps
         if rules.pack is not None:
             caps = caps.tightened(rules.pack.caps)
         return CallingRules(
@@ -288,6 +296,208 @@ class DispatchHub:
 
     async def _run_started(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         await self.run(task_status=task_status)
+
+    # -- reconfiguration (SIGHUP) -------------------------------------------------------------
+
+    async def reconfigure(
+        self,
+        *,
+        strategies: Sequence[Strategy] | None = None,
+        pacing: Pacing | None = None,
+        retry: RetryPolicy | None = None,
+        caps: Caps | None = None,
+        webhooks: Sequence[WebhookEndpoint] | None = None,
+        poll_interval: float | None = None,
+        drain_timeout: float | None = None,
+        from_: str | Keep | None = KEEP,
+        default_region: str | Keep | None = KEEP,
+    ) -> list[str]:
+        """Change a running hub's configuration without dropping a call in flight; return
+        what changed, one phrase each (``"pacing"``, ``"strategy added: b"`` ...). An
+        argument left out keeps its current value.
+
+        ``strategies`` is the whole new list. A strategy object the hub already runs is kept
+        as it is. A new object under a name the hub knows replaces that strategy: its queued
+        records are released and taken in again by the new one's first poll, at once. A new
+        name is loaded from the store, opened and polled. A name left out is removed: it is
+        not polled again, its queued records are released, and its calls in flight end
+        normally, their callbacks delivered to it. Replaced and removed strategies are
+        closed with the hub.
+
+        Nothing is changed if the arguments are invalid (:class:`ValueError`), the store
+        cannot be read (:class:`~dispatch.errors.StoreError`) or a new strategy fails to open
+        (its error); the error is raised.
+        """
+        async with self._reconfiguring:
+            if self._control is None:
+                raise DispatchError("reconfigure() needs a running hub")
+            wanted = list(strategies) if strategies is not None else self.strategies
+            _check(wanted, poll_interval or self.poll_interval)
+            pacing, retry, caps = pacing or self.pacing, retry or self.retry, caps or self.caps
+            by_name = {source.name: source for source in self._queue.sources}
+            current = {source.name: source for source in self._sources}
+            names = {strategy.name for strategy in wanted}
+            removed = [source for name, source in current.items() if name not in names]
+            new = [s for s in wanted if by_name.get(s.name) is None or by_name[s.name].strategy
+                   is not s or by_name[s.name].retired]  # fmt: skip
+            # Everything that may fail first, so a failure changes nothing.
+            now = self.clock.now()
+            known = {s.name: await self.store.known_records(s.name)
+                     for s in new if s.name not in by_name}  # fmt: skip
+            rules = {s.name: self._calling_rules(s, caps) for s in wanted}
+            horizon = max((r.caps.horizon for r in rules.values()), default=0.0)
+            history = None
+            if horizon != self._cap_tracker.horizon and horizon:
+                history = await self.store.dial_history(now - timedelta(seconds=horizon))
+            starts = None
+            if pacing.max_calls_per_minute and self._limiter is None:
+                since = now - timedelta(seconds=pacing.window)
+                starts = await self.store.dial_starts(since)
+            rejections = None
+            if retry.by_reason and not self.retry.by_reason:
+                rejections = await self.store.rejections()
+            sources = {s.name: by_name.get(s.name) or Source(s) for s in new}
+            fresh = [s for s in new if sources[s.name].strategy is not s or s.name in known]
+            await self._open_all([(sources[s.name], s) for s in fresh])
+            if self._control is None:  # the hub began to stop meanwhile
+                await self._close_all(fresh)
+                raise DispatchError("the hub is stopping")
+            # Then apply it all.
+            changes = [f"strategy removed: {source.name}" for source in removed]
+            for source in [*removed, *(by_name[s.name] for s in new if s.name in current)]:
+                await self._stop_source(source)
+            for source in removed:
+                source.retired = True
+                self._retired.append(source.strategy)
+            for strategy in new:
+                source = sources[strategy.name]
+                if strategy.name in known:
+                    changes.append(f"strategy added: {strategy.name}")
+                    source.known = {r: k for (_, r), k in known[strategy.name].items()}
+                    source.terminal_at_start = {r for r, k in source.known.items()
+                                                if k.state.terminal}  # fmt: skip
+                else:
+                    verb = "changed" if strategy.name in current else "added"
+                    changes.append(f"strategy {verb}: {strategy.name}")
+                    if source.strategy is not strategy:
+                        self._retired.append(source.strategy)
+                    else:  # the very strategy a reload removed, back: still open
+                        self._retired.remove(strategy)
+                    source.strategy, source.retired = strategy, False
+                self._outbox.strategies[strategy.name] = strategy
+            self._sources = [by_name.get(s.name) or sources[s.name] for s in wanted]
+            self._queue.sources = [*self._sources, *(s for s in by_name.values()
+                                                     if s.retired and s.in_flight)]  # fmt: skip
+            if caps != self.caps or any(r != self._rules.get(n, r) for n, r in rules.items()):
+                changes.append("calling rules")
+            self.caps = caps
+            self._rules.update(rules)
+            self._attempts.opt_out_reasons.update(
+                {name: r.opt_out_reasons for name, r in rules.items()}
+            )
+            if history is not None:
+                self._cap_tracker.horizon = horizon
+                self._cap_tracker.reload(history)
+            elif not horizon:
+                self._cap_tracker.horizon = 0.0
+                self._cap_tracker.reload(())
+            changes += self._repace(pacing, starts)
+            if retry != self.retry:
+                changes.append("retry")
+                self.retry = self._attempts.retry = retry
+                if rejections is not None:
+                    self._attempts.rejections.update(rejections)
+            if webhooks is not None and list(webhooks) != self.webhooks:
+                changes.append("webhooks")
+                self._rehook(list(webhooks))
+            changes += self._retune(poll_interval, drain_timeout, from_, default_region)
+            for strategy in new:
+                self._start_source(sources[strategy.name])
+            for source in removed:
+                await self._record_queue(source)
+            self._queue.notify()
+            return changes
+
+    async def _open_all(self, pairs: list[tuple[Source, Strategy]]) -> None:
+        """Open each strategy (for its source); if one fails, close those opened and raise."""
+        opened: list[Strategy] = []
+        try:
+            for source, strategy in pairs:
+                await strategy.open(StrategyContext(poll_now=in_loop(source.request_poll)))
+                opened.append(strategy)
+        except BaseException:
+            await self._close_all(opened)
+            raise
+
+    @staticmethod
+    async def _close_all(strategies: Iterable[Strategy]) -> None:
+        with anyio.CancelScope(shield=True):
+            for strategy in strategies:
+                try:
+                    await strategy.aclose()
+                except Exception:
+                    logger.exception("strategy.close_failed strategy=%s", strategy.name)
+
+    async def _stop_source(self, source: Source) -> None:
+        """Stop polling ``source`` and release what it has queued (not its calls)."""
+        if source.scope is not None and source.stopped is not None:
+            source.scope.cancel()
+            await source.stopped.wait()  # no poll adds to the queue after this
+        for record_id in source.queued_ids():
+            self._queue.withdraw(source, record_id)
+
+    def _repace(self, pacing: Pacing, starts: list[datetime] | None) -> list[str]:
+        """Apply new pacing: the window limit keeps the starts it counted (or is seeded
+        again from the ledger's if it was off), the concurrency cap changes in place."""
+        if pacing == self.pacing:
+            return []
+        self.pacing = pacing
+        self._slots.resize(pacing.max_concurrent)
+        self._smoother = _smoother(pacing)
+        limiter = self._attempts.limiter  # what reservations in flight were taken from
+        if pacing.max_calls_per_minute is None:
+            if limiter is not None:
+                limiter.reconfigure(sys.maxsize, limiter.window)  # wake the waiter: no limit
+            self._limiter = None
+            return ["pacing"]
+        if limiter is None:
+            limiter = SlidingWindowLimiter(1, pacing.window, clock=self.clock)
+        limiter.reconfigure(pacing.max_calls_per_minute, pacing.window)
+        if starts is not None:  # the limit was off: count the ledger's starts since
+            mono, now = self.clock.monotonic(), self.clock.now()
+            limiter.reseed(mono - (now - t).total_seconds() + START_MARGIN for t in starts)
+        self._limiter = self._attempts.limiter = limiter
+        return ["pacing"]
+
+    def _rehook(self, webhooks: list[WebhookEndpoint]) -> None:
+        if self._webhooks is not None:
+            self._retired_webhooks.append(self._webhooks)  # it may be sending: closed later
+        self.webhooks = webhooks
+        self._webhooks = Webhooks(webhooks, self.clock) if webhooks else None
+        self.store.route_webhooks(routes(webhooks))
+        self._outbox.webhooks = self._webhooks
+
+    def _retune(
+        self,
+        poll_interval: float | None,
+        drain_timeout: float | None,
+        from_: str | Keep | None,
+        default_region: str | Keep | None,
+    ) -> list[str]:
+        changes = []
+        if poll_interval is not None and poll_interval != self.poll_interval:
+            changes.append("poll_interval")
+            self.poll_interval = self._attempts.poll_interval = poll_interval
+        if drain_timeout is not None and drain_timeout != self.drain_timeout:
+            changes.append("drain_timeout")
+            self.drain_timeout = drain_timeout
+        if not isinstance(from_, Keep) and from_ != self.from_:
+            changes.append("from")
+            self.from_ = self._attempts.from_ = from_
+        if not isinstance(default_region, Keep) and default_region != self.admission.default_region:
+            changes.append("default_region")
+            self.admission = Admission(default_region=default_region, clock=self.clock)
+        return changes
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -477,11 +687,8 @@ class DispatchHub:
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
-            for source in self._sources:
-                try:
-                    await source.strategy.aclose()
-                except Exception:
-                    logger.exception("strategy.close_failed strategy=%s", source.name)
+            # Each once: a strategy a reload removed may have come back.
+            await self._close_all({id(s): s for s in [*self.strategies, *self._retired]}.values())
             # A store that drops packets must not hold the exit: what is left of the stop
             # deadline (at least a second) for saying goodbye to it.
             left = max(1.0, self._stop_deadline - anyio.current_time())
@@ -494,16 +701,17 @@ class DispatchHub:
                 logger.warning("store.release_failed error=no answer before the stop deadline")
             with anyio.move_on_after(max(1.0, self._stop_deadline - anyio.current_time())):
                 await self.store.aclose()
-            if self._webhooks is not None:
-                await self._webhooks.aclose()
+            for webhooks in [self._webhooks, *self._retired_webhooks]:
+                if webhooks is not None:
+                    await webhooks.aclose()
 
     async def _serve(self) -> None:
         assert self._stopping is not None
         async with anyio.create_task_group() as calls:
             async with anyio.create_task_group() as control:
+                self._control = control
                 for source in self._sources:
-                    control.start_soon(self._poll_loop, source)
-                    control.start_soon(self._watch, source)
+                    self._start_source(source)
                 control.start_soon(self._queue.run_timers)
                 control.start_soon(self._dispatch_loop, calls)
                 control.start_soon(self._attempts.reconcile_late)
@@ -515,6 +723,7 @@ class DispatchHub:
                     grace = self.drain_timeout + STORE_GRACE
                     self._stop_deadline = anyio.current_time() + grace
                     self.store.stop_retrying(after=grace)
+                    self._control = None
                     control.cancel_scope.cancel()
             active = self.statistics().active
             if active:
@@ -527,6 +736,24 @@ class DispatchHub:
                 await self._record_queue(source)
 
     # -- polling and intake ------------------------------------------------------------------
+
+    def _start_source(self, source: Source) -> None:
+        """Poll and watch ``source`` in a scope of its own, which a reload may cancel."""
+        if self._control is None:
+            return  # stopping: nothing is polled any more
+        source.scope, source.stopped = anyio.CancelScope(), anyio.Event()
+        self._control.start_soon(self._run_source, source, source.scope, source.stopped)
+
+    async def _run_source(
+        self, source: Source, scope: anyio.CancelScope, stopped: anyio.Event
+    ) -> None:
+        try:
+            with scope:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._poll_loop, source)
+                    tasks.start_soon(self._watch, source)
+        finally:
+            stopped.set()
 
     async def _poll_loop(self, source: Source) -> None:
         schedule = self._rules[source.name].schedule
@@ -743,7 +970,9 @@ class DispatchHub:
         self, source: Source, skips: list[tuple[Skipped, KnownRecord | None]]
     ) -> None:
         try:
-            await self.store.skipped([skip for skip, _ in skips], at=self.clock.now())
+            # Shielded: a reload that stops this poll must not lose a batch half-recorded.
+            with anyio.CancelScope(shield=True):
+                await self.store.skipped([skip for skip, _ in skips], at=self.clock.now())
         except StoreError as exc:
             # Not persisted: back to what was known before (attempts made included), so the
             # next poll decides again.
@@ -766,7 +995,7 @@ class DispatchHub:
     # -- dispatching -------------------------------------------------------------------------
 
     async def _dispatch_loop(self, calls: TaskGroup) -> None:
-        slots = anyio.Semaphore(self.pacing.max_concurrent)
+        slots = self._slots
         while True:
             # No dial while intents cannot be committed: the store logs the outage once.
             await self.store.wait_available()
@@ -794,6 +1023,12 @@ class DispatchHub:
                 self._queue.put_back(source, record)  # not dialed
                 slots.release()
                 raise
+            if source.retired:  # its strategy was removed by a reload while this waited
+                if reservation is not None and self._limiter is not None:
+                    self._limiter.cancel(reservation)
+                self._queue.release(source, record)
+                slots.release()
+                continue
             if reservation is not None or self._smoother is not None:
                 # The wait for the rate may have outlasted the window, or a cap: ask again.
                 verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
@@ -805,7 +1040,7 @@ class DispatchHub:
             calls.start_soon(self._attempt, source, record, reservation, slots, verdict.evidence)
 
     async def _not_now(
-        self, source: Source, record: Record, verdict: Hold | GateRefuse, slots: anyio.Semaphore
+        self, source: Source, record: Record, verdict: Hold | GateRefuse, slots: Slots
     ) -> None:
         """A record the calling rules hold back waits (not an attempt); one they refuse is
         skipped for good. Either way its number and its slot are free again."""
@@ -827,7 +1062,7 @@ class DispatchHub:
         source: Source,
         record: Record,
         reservation: Reservation | None,
-        slots: anyio.Semaphore,
+        slots: Slots,
         evidence: dict[str, Any],
     ) -> None:
         try:
@@ -870,6 +1105,22 @@ async def poll_items(strategy: Strategy) -> AsyncIterator[PollItem]:
         items: Iterable[PollItem] = await result
         for item in items:
             yield item
+
+
+def _check(strategies: Sequence[Strategy], poll_interval: float) -> None:
+    names = [s.name for s in strategies]
+    if not names:
+        raise ValueError("a hub needs at least one strategy")
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy names must be unique, got {names}")
+    if poll_interval <= 0:
+        raise ValueError("poll_interval must be positive")
+
+
+def _smoother(pacing: Pacing) -> AsyncLimiter | None:
+    if not pacing.max_calls_per_second:
+        return None
+    return AsyncLimiter(1, 1 / pacing.max_calls_per_second)
 
 
 def _merge_pacing(

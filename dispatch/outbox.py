@@ -46,7 +46,7 @@ class Outbox:
         concurrency: int = 16,
     ) -> None:
         self.store = store
-        self.strategies = strategies
+        self.strategies = dict(strategies)  # a reload adds and replaces strategies
         self.webhooks = webhooks
         self.clock = clock
         self.timeout = timeout

@@ -12,7 +12,11 @@ A start is taken in two steps, because a dial may only start once its intent is 
 (later than the reservation, never earlier, so every window stays within the limit), or
 :meth:`~SlidingWindowLimiter.cancel` gives the room back if nothing was dialed. :meth:`seed`
 loads the starts of a previous process, so that a daemon restarting in a loop still never
-exceeds ``N`` in any window.
+exceeds ``N`` in any window. :meth:`~SlidingWindowLimiter.reconfigure` changes the limit of a
+running limiter (a reload), keeping the starts it counted.
+
+:class:`Slots` is the concurrency cap: a semaphore whose size a reload may change while calls
+hold it.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, wait_for
 
-__all__ = ["LimiterStatistics", "Reservation", "SlidingWindowLimiter"]
+__all__ = ["LimiterStatistics", "Reservation", "SlidingWindowLimiter", "Slots"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,26 @@ class SlidingWindowLimiter:
         self._starts: deque[float] = deque()
         self._lock: anyio.Lock | None = None
         self._waiting = 0
+        self._changed: anyio.Event | None = None  # set when the limit changes
+
+    def reconfigure(self, limit: int, window: float) -> None:
+        """Allow ``limit`` starts per ``window`` from now on. The starts already counted stay
+        counted, so the new limit holds in every window that overlaps the change too, and a
+        waiter sleeping for the old limit's next opening is woken to look again."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window}")
+        self.limit, self.window = limit, window
+        if self._changed is not None:
+            self._changed.set()
+
+    def reseed(self, starts: Iterable[float]) -> None:
+        """Count exactly these (monotonic) start times: the ledger's, read anew after the
+        limiter was off for a while. A reservation not yet started may be forgotten by this;
+        :meth:`start` then checks the limit again before counting it."""
+        self._starts.clear()
+        self.seed(starts)
 
     def seed(self, starts: Iterable[float]) -> None:
         """Count these (monotonic) start times, e.g. a previous process's, as starts."""
@@ -83,7 +108,9 @@ class SlidingWindowLimiter:
                     allowed_at = self.next_allowed(now)
                     if allowed_at <= now:
                         return Reservation(self._add(now))
-                    await self._clock.sleep_until(allowed_at)
+                    self._changed = changed = anyio.Event()
+                    await wait_for(changed, allowed_at, self._clock)
+                    self._changed = None
         finally:
             self._waiting -= 1
 
@@ -144,3 +171,47 @@ class SlidingWindowLimiter:
             f"SlidingWindowLimiter(limit={self.limit}, window={self.window}, "
             f"in_window={stats.starts_in_window}, waiting={stats.waiting})"
         )
+
+
+class Slots:
+    """At most ``total`` holders at once: the concurrency cap on calls in flight.
+
+    Acquired by the dispatch loop and released by the call's task when it ends, like a
+    semaphore; unlike anyio's, :meth:`resize` may change ``total`` while slots are held (a
+    reload). Lowered below the number held, no slot is given out until enough are released.
+    """
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"total must be at least 1, got {total}")
+        self.total = total
+        self.held = 0
+        self._freed: anyio.Event | None = None
+
+    async def acquire(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while self.held >= self.total:
+            if self._freed is None:
+                self._freed = anyio.Event()
+            await self._freed.wait()
+        self.held += 1
+
+    def release(self) -> None:
+        if self.held <= 0:
+            raise RuntimeError("release() without a slot held")
+        self.held -= 1
+        self._wake()
+
+    def resize(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"total must be at least 1, got {total}")
+        self.total = total
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    def __repr__(self) -> str:
+        return f"Slots(total={self.total}, held={self.held})"

@@ -47,6 +47,9 @@ class Source:
     poll_wanted: bool = False  # the strategy asked for a poll (`poll_now`)
     poll_event: anyio.Event | None = None  # set while the poll loop sleeps
     opens_at: datetime | None = None  # closed by its schedule until then
+    retired: bool = False  # a reload removed its strategy: not polled, nothing queued
+    scope: anyio.CancelScope | None = None  # its poll loop's, while it runs
+    stopped: anyio.Event | None = None  # set once its poll loop has stopped
 
     def waiting_reasons(self) -> dict[str, int]:
         """The waiting records by what they wait for (``outside hours``, ``cap``, ``retry``
@@ -81,6 +84,10 @@ class Source:
         if self.taken > 64 and self.taken > len(self.pending):
             self.pending = dict(self.pending)
             self.taken = 0
+
+    def queued_ids(self) -> list[str]:
+        """The records queued and not in flight (pending, or waiting for a time)."""
+        return [*self.pending, *self.waiting]
 
     def queued(self, record_id: str) -> bool:
         return record_id in self.pending or record_id in self.in_flight or record_id in self.waiting

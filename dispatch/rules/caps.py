@@ -87,6 +87,12 @@ class CapTracker:
         self._starts: dict[str, list[datetime]] = {}
         self._refused: dict[str, datetime] = {}
 
+    def reload(self, starts: Iterable[DialStart]) -> None:
+        """Forget what was tracked and track ``starts`` instead (the ledger's, read anew)."""
+        self._starts.clear()
+        self._refused.clear()
+        self.load(starts)
+
     def load(self, starts: Iterable[DialStart]) -> None:
         for start in starts:
             self.started(start.phone, start.at)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Self
 
@@ -78,6 +79,16 @@ class Notifier:
             return
         self.ready_sent = True
         self.send(READY="1", STATUS=status)
+
+    def reloading(self) -> None:
+        """``RELOADING=1``: a reload begins (systemd wants the monotonic time with it)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(RELOADING="1", MONOTONIC_USEC=str(usec), STATUS="reloading the configuration")
+
+    def reloaded(self, status: str) -> None:
+        """``READY=1`` again once a reload is over (taken or refused), unless stopping."""
+        if not self.stopping_sent:
+            self.send(READY="1", STATUS=status)
 
     def status(self, status: str) -> None:
         self.send(STATUS=status)

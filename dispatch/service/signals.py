@@ -3,8 +3,9 @@
 SIGTERM and SIGINT stop dialing and drain calls in flight (up to ``drain_timeout``), then the
 process exits 0. A second signal during the drain is logged and ignored, so a systemd stop
 never cuts an outcome short; systemd's own stop timeout is the hard limit. SIGHUP (``systemctl
-reload``) is logged and ignored: reloading is not supported yet, and a SIGHUP must not kill a
-daemon with calls in flight.
+reload``) reloads the configuration file (:mod:`dispatch.service.reload`) in a task of its
+own, so a SIGTERM during a reload still stops the daemon at once; a SIGHUP while draining is
+ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 
 from ..hub import DispatchHub
 from .notify import Notifier
+from .reload import Reloader
 from .status import status_line
 
 __all__ = ["watch_signals"]
@@ -23,23 +25,27 @@ __all__ = ["watch_signals"]
 logger = logging.getLogger(__name__)
 
 
-async def watch_signals(hub: DispatchHub, notifier: Notifier) -> None:
+async def watch_signals(hub: DispatchHub, notifier: Notifier, reloader: Reloader) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         draining = False
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
-                logger.warning(
-                    "daemon.reload_unsupported %s: reload is not supported yet, nothing changed; "
-                    "restart the daemon (systemctl restart, or SIGTERM) to apply a new "
-                    "configuration",
-                    name,
-                )
-                continue
-            if draining:
-                logger.warning("daemon.signal %s again: still draining calls in flight", name)
-                continue
-            draining = True
-            logger.info("daemon.signal %s: no new dials, draining calls in flight", name)
-            hub.stop()
-            notifier.stopping(status_line(hub.statistics(), stopping=True))
+        async with anyio.create_task_group() as reloads:
+            async for signum in signals:
+                if signum == signal.SIGHUP and not draining:
+                    reloads.start_soon(reloader.reload, notifier)
+                    continue
+                draining = _on_signal(signum, draining, hub, notifier)
+
+
+def _on_signal(signum: int, draining: bool, hub: DispatchHub, notifier: Notifier) -> bool:
+    """Act on a stop signal (or a SIGHUP while draining); return whether the hub drains."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGHUP:
+        logger.warning("daemon.signal %s while draining: not reloading", name)
+        return draining
+    if draining:
+        logger.warning("daemon.signal %s again: still draining calls in flight", name)
+        return True
+    logger.info("daemon.signal %s: no new dials, draining calls in flight", name)
+    hub.stop()
+    notifier.stopping(status_line(hub.statistics(), stopping=True))
+    return True

@@ -24,6 +24,9 @@ def status_line(
         return f"stopping: no new dials, {s.active} calls in flight; {queue}"
     if not store_available:
         return f"store unreachable: no dials until it is back; {s.active} calls active, {queue}"
+    if s.paused:
+        paused = ", ".join(sorted(s.paused))
+        return f"paused ({paused}): no new dials; {s.active} calls active, {queue}"
     return f"{s.active} calls active, {queue}"
 
 

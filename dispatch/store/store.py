@@ -318,8 +318,11 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def known_records(self) -> dict[tuple[str, str], KnownRecord]:
-        """Every record the store has acted on, keyed by ``(strategy, record_id)``."""
+    async def known_records(
+        self, strategy: str | None = None
+    ) -> dict[tuple[str, str], KnownRecord]:
+        """Every record the store has acted on (of ``strategy`` only, if given), keyed by
+        ``(strategy, record_id)``."""
         query = select(
             records.c.strategy,
             records.c.record_id,
@@ -329,6 +332,8 @@ class Store:
             records.c.reason,
             records.c.phone,
         )
+        if strategy is not None:
+            query = query.where(records.c.strategy == strategy)
         with translated("reading the records"):
             async with self.engine.connect() as conn:
                 result = await conn.stream(query)

@@ -124,7 +124,7 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def test_the_daemon_notifies_ready_status_watchdog_and_stopping_and_survives_sighup(
+def test_the_daemon_notifies_ready_status_watchdog_reloading_and_stopping(
     workdir: Path, notify_socket: NotifySocket
 ) -> None:
     env = {
@@ -149,8 +149,8 @@ def test_the_daemon_notifies_ready_status_watchdog_and_stopping_and_survives_sig
         notify_socket.wait_until(lambda m: "3 calls active" in " ".join(statuses(m)))
         notify_socket.wait_until(lambda m: count(m, "WATCHDOG=1") >= 5)
 
-        process.send_signal(signal.SIGHUP)
-        output.wait_for("daemon.reload_unsupported SIGHUP")
+        process.send_signal(signal.SIGHUP)  # the same file: nothing changes, nothing drops
+        output.wait_for("daemon.reloaded changes=none")
         pings = count(notify_socket.messages, "WATCHDOG=1")
         notify_socket.wait_until(lambda m: count(m, "WATCHDOG=1") >= pings + 3)
         assert process.poll() is None, output.text  # SIGHUP did not kill it
@@ -164,7 +164,8 @@ def test_the_daemon_notifies_ready_status_watchdog_and_stopping_and_survives_sig
         process.kill()
         process.wait()
         text = output.finish()
-    assert count(messages, "READY=1") == 1
+    assert count(messages, "READY=1") == 2  # started, and reloaded
+    assert count(messages, "RELOADING=1") == 1
     stopping = next(m for m in messages if "STOPPING=1" in m.split("\n"))
     assert "STATUS=stopping: no new dials, 3 calls in flight" in stopping
     by_state = "SELECT state, count(*) FROM attempts GROUP BY state"

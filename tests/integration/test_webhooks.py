@@ -284,3 +284,21 @@ async def test_a_record_id_in_two_strategies_has_its_own_lane_at_each_endpoint(
         sqlite_url, "SELECT DISTINCT record_id FROM outbox WHERE strategy = 'webhook:crm'"
     )
     assert sorted(lanes) == [("a/42",), ("b/42",)]
+
+
+async def test_a_webhook_added_by_a_reload_gets_the_events_that_follow(sqlite_url: str) -> None:
+    agent = ScriptedAgent(auto_end=False)
+    source = ListStrategy([rec("r1", A)])
+    receiver = Receiver()
+    clock = ManualClock()
+    with receiver.serving():
+        hub = make_hub(sqlite_url, agent, source, clock=clock)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(hub.run)
+                await agent.wait_for_live(1)  # dispatched before the webhook existed
+                assert await hub.reconfigure(webhooks=[hook(receiver)]) == ["webhooks"]
+                next(iter(agent.live.values())).end()
+                await until_delivered(receiver, 1, clock)
+                hub.stop()
+    assert [verified(r)["type"] for r in receiver.delivered()] == ["call.completed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -195,3 +196,34 @@ def test_the_status_line_sums_up_the_hub_and_leads_with_trouble() -> None:
     assert status_line(stats, stopping=True) == (
         "stopping: no new dials, 2 calls in flight; 40 dialed, 12 pending, 3 waiting"
     )
+
+
+def test_the_status_line_says_which_strategies_are_paused() -> None:
+    stats = dataclasses.replace(
+        _statistics(active=1, dialed=4, pending=2, waiting=0), paused=frozenset({"b", "a"})
+    )
+    assert status_line(stats) == (
+        "paused (a, b): no new dials; 1 calls active, 4 dialed, 2 pending, 0 waiting"
+    )
+
+
+def test_reloading_sends_reloading_with_the_monotonic_time_then_ready_again(
+    listener: Listener,
+) -> None:
+    with Notifier(listener.address) as notifier:
+        notifier.ready("up")
+        notifier.reloading()
+        notifier.reloaded("up again")
+        notifier.stopping()
+        notifier.reloaded("too late")  # a reload that ends while stopping says nothing
+    messages = listener.wait_for(4)
+    time.sleep(0.05)
+    assert len(listener.messages()) == 4
+    assert messages[0] == "READY=1\nSTATUS=up"
+    fields = dict(line.split("=", 1) for line in messages[1].split("\n"))
+    assert fields["RELOADING"] == "1"
+    assert fields["STATUS"] == "reloading the configuration"
+    usec = int(fields["MONOTONIC_USEC"])
+    assert abs(usec - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < 10_000_000
+    assert messages[2] == "READY=1\nSTATUS=up again"
+    assert messages[3] == "STOPPING=1"

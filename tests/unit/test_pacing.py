@@ -5,8 +5,8 @@ import random
 import anyio
 import pytest
 
-from dispatch.pacing import SlidingWindowLimiter
-from dispatch.testing import ManualClock, max_in_any_window
+from dispatch.pacing import SlidingWindowLimiter, Slots
+from dispatch.testing import ManualClock, max_in_any_window, wait_all_tasks_blocked
 
 pytestmark = pytest.mark.anyio
 
@@ -171,3 +171,68 @@ async def test_a_reservation_cannot_be_used_twice() -> None:
     await limiter.start(reservation)
     with pytest.raises(RuntimeError, match="already"):
         limiter.cancel(reservation)
+
+
+async def test_a_raised_limit_wakes_the_waiter_and_a_lowered_one_holds_in_every_window() -> None:
+    clock = ManualClock()
+    limiter = SlidingWindowLimiter(1, 60.0, clock=clock)
+    starts = [(await limiter.acquire()).at]
+
+    async def take() -> None:
+        starts.append((await limiter.acquire()).at)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            await clock.wait_for_deadline(60.0)  # it sleeps for the old limit's opening
+            limiter.reconfigure(3, 60.0)
+        assert starts == [0.0, 0.0]  # woken at once, the clock never moved
+        limiter.reconfigure(2, 60.0)  # two starts in the window already: the next waits
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            await clock.wait_for_deadline(60.0)
+            clock.advance(60.0)
+    assert starts == [0.0, 0.0, 60.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        limiter.reconfigure(0, 60.0)
+
+
+async def test_reseeding_counts_exactly_the_starts_given() -> None:
+    clock = ManualClock(start=100.0)
+    limiter = SlidingWindowLimiter(2, 60.0, clock=clock)
+    limiter.seed([90.0, 95.0])
+    limiter.reseed([99.0])
+    assert limiter.starts_in_window() == 1
+    assert (await limiter.acquire()).at == 100.0
+
+
+async def test_slots_cap_holders_and_follow_a_resize_while_held() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    taken: list[int] = []
+
+    async def take(n: int) -> None:
+        await slots.acquire()
+        taken.append(n)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, 1)
+            tg.start_soon(take, 2)
+            await wait_all_tasks_blocked()
+            assert taken == []
+            slots.resize(2)  # one more may go now
+            await wait_all_tasks_blocked()
+            assert len(taken) == 1
+            slots.resize(1)  # fewer than held: none until two are released
+            slots.release()
+            await wait_all_tasks_blocked()
+            assert len(taken) == 1
+            slots.release()
+    assert sorted(taken) == [1, 2]
+    assert repr(slots) == "Slots(total=1, held=1)"
+    slots.release()
+    with pytest.raises(RuntimeError):
+        slots.release()
+    with pytest.raises(ValueError, match="at least 1"):
+        Slots(0)
