@@ -58,6 +58,7 @@ _EXPORTS = {
     "Slots": ".pacing",
     "SourceError": ".errors",
     "Store": ".store",
+    "StrategyStatistics": ".hub",
     "StoreError": ".errors",
     "StoreInUse": ".errors",
     "StoreUnavailable": ".errors",
@@ -98,7 +99,7 @@ if TYPE_CHECKING:
         StoreInUse,
         StoreUnavailable,
     )
-    from .hub import KEEP, DispatchHub, HubStatistics, Keep
+    from .hub import KEEP, DispatchHub, HubStatistics, Keep, StrategyStatistics
     from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
     from .pacing import LimiterStatistics, Reservation, SlidingWindowLimiter, Slots
     from .record import Record, normalize_phone
@@ -179,6 +180,7 @@ __all__ = [
     "StoreUnavailable",
     "Strategy",
     "StrategyContext",
+    "StrategyStatistics",
     "SystemClock",
     "__version__",
     "normalize_phone",

@@ -164,6 +164,7 @@ class Attempts:
         self.caps.started(record.phone, dialed_at)
         source.known[record.id] = KnownRecord.of(RecordState.DIALING, number)
         self.counters.dialed += 1
+        source.dialed += 1
         logger.info(
             "dial.start strategy=%s record=%s phone=%s attempt=%d/%d",
             source.name,
@@ -342,6 +343,8 @@ class Attempts:
             )
         if outcome.state is AttemptState.COMPLETED:
             self.counters.completed += 1
+        if record_state is not RecordState.RETRY:
+            source.done += 1
         if record_state is RecordState.RETRY:
             assert retry_at is not None
             wait = (retry_at - now).total_seconds()

@@ -170,7 +170,7 @@ def _main(args: argparse.Namespace) -> int:
     from .service.secrets import configured_secrets
 
     register_secrets(configured_secrets(settings, base))
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_logging(settings.logging.level, settings.logging.format, settings.logging.phone)
     try:
         if args.command in _WRITERS:
             preflight(settings, base, sources=args.command in ("run", "check"))

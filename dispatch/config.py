@@ -212,6 +212,9 @@ class CallbacksConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    phone: Literal["full", "last4"] = Field(
+        "full", description='"last4" masks phone numbers in logs to their last four digits.'
+    )
 
 
 class ResultToolConfig(_Section):
@@ -802,7 +805,11 @@ def _webhooks(settings: Settings, base: Path) -> list[WebhookEndpoint]:
         # Pending events are tied to their endpoint by name: one named by its position would
         # get another's events once the list changes.
         raise ConfigError("webhooks: give each webhook a name when there are several")
-    return [hook.build(base, n) for n, hook in enumerate(hooks, 1)]
+    built = [hook.build(base, n) for n, hook in enumerate(hooks, 1)]
+    names = [hook.name for hook in built]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"webhooks: each webhook needs a name of its own, got {names}")
+    return built
 
 
 def hub_settings(settings: Settings, base: Path) -> dict[str, Any]:

@@ -5,14 +5,17 @@ process exits 0; SIGHUP reloads ``config`` (:mod:`dispatch.service.reload`), wit
 ``RELOADING=1`` and ``READY=1`` around it. Under systemd (``Type=notify``) it says
 ``READY=1`` once the hub is up (the store migrated, the agent connected and registered, the
 strategies open), keeps ``STATUS=`` current, pings the watchdog from the event loop and says
-``STOPPING=1`` when the drain begins.
+``STOPPING=1`` when the drain begins. On a terminal a live table shows each strategy's
+progress; otherwise a ``hub.progress`` line per strategy sums it up every minute.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -22,6 +25,7 @@ from .config import Settings, build_hub
 from .hub import DispatchHub
 from .service.metrics import serve_metrics
 from .service.notify import Notifier
+from .service.progress import on_terminal, show_progress
 from .service.reload import Reloader
 from .service.signals import watch_signals
 from .service.status import hub_status, report_status
@@ -60,6 +64,9 @@ async def run_daemon(
             status = hub_status(hub, notifier)
             notifier.ready(status)
             tg.start_soon(report_status, notifier, hub, status)
+            tg.start_soon(
+                partial(show_progress, hub, live=on_terminal((sys.stdout, sys.stderr), environ))
+            )
     finally:
         notifier.stopping()
         notifier.close()

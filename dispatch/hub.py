@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -38,7 +38,7 @@ from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter, Slots
 from .queue import DispatchQueue, Source
 from .record import Record
-from .rules.caps import Caps, CapTracker
+from .rules.caps import Caps, CapTracker, DialStart
 from .rules.dnc import DoNotCallList
 from .rules.gate import CallingRules, Gate, Go, Hold
 from .rules.gate import Refuse as GateRefuse
@@ -48,7 +48,7 @@ from .store import KnownRecord, Skipped, Store, controls
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
 
-__all__ = ["KEEP", "DispatchHub", "HubStatistics", "Keep"]
+__all__ = ["KEEP", "DispatchHub", "HubStatistics", "Keep", "StrategyStatistics"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,29 @@ class HubStatistics:
     held_numbers: int = 0  # numbers not dialed for now: a call to them may still be live
     do_not_call: int = 0  # numbers on the do-not-call list, as last read from the store
     paused: frozenset[str] = frozenset()  # strategies `dispatch pause` holds, as last read
+
+
+@dataclass(frozen=True, slots=True)
+class _Ledger:
+    """What a reconfiguration read from the ledger (see DispatchHub._read_ledger)."""
+
+    horizon: float
+    history: list[DialStart] | None
+    starts: list[datetime] | None
+    rejections: dict[tuple[str, str], list[str | None]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyStatistics:
+    """One strategy's share of :class:`HubStatistics`, this run."""
+
+    pending: int
+    waiting: int
+    active: int
+    dialed: int
+    done: int  # records that reached a terminal state (completed, failed, skipped ...)
+    paused: bool = False
+    waiting_for: dict[str, int] = field(default_factory=dict)  # waiting, by what for
 
 
 class DispatchHub:
@@ -268,6 +291,21 @@ class DispatchHub:
             ),
         )
 
+    def strategy_statistics(self) -> dict[str, StrategyStatistics]:
+        """Per strategy (in their order), what is queued, in a call and done this run."""
+        return {
+            s.name: StrategyStatistics(
+                pending=len(s.pending),
+                waiting=len(s.waiting),
+                active=len(s.in_flight),
+                dialed=s.dialed,
+                done=s.done,
+                paused=controls.is_paused(self._pauses, s.name) is not None,
+                waiting_for=s.waiting_reasons(),
+            )
+            for s in self._sources
+        }
+
     async def __aenter__(self) -> Self:
         # Built on an exit stack and kept only once the hub runs: if it cannot start (the
         # store is in use, say), the task group is left again before the error propagates.
@@ -332,8 +370,13 @@ class DispatchHub:
             if self._control is None:
                 raise DispatchError("reconfigure() needs a running hub")
             wanted = list(strategies) if strategies is not None else self.strategies
-            _check(wanted, poll_interval or self.poll_interval)
+            _check(wanted, self.poll_interval if poll_interval is None else poll_interval)
             pacing, retry, caps = pacing or self.pacing, retry or self.retry, caps or self.caps
+            hooks = None if webhooks is None or list(webhooks) == self.webhooks else list(webhooks)
+            # Built now: it refuses what it cannot take (two endpoints of one name).
+            hub_hooks = Webhooks(hooks, self.clock) if hooks else None
+            # Retired sources are kept for the run: a name that comes back finds what this
+            # run knows of its records (an outcome the store has not taken yet, say).
             by_name = {source.name: source for source in self._queue.sources}
             current = {source.name: source for source in self._sources}
             names = {strategy.name for strategy in wanted}
@@ -341,53 +384,22 @@ class DispatchHub:
             new = [s for s in wanted if by_name.get(s.name) is None or by_name[s.name].strategy
                    is not s or by_name[s.name].retired]  # fmt: skip
             # Everything that may fail first, so a failure changes nothing.
-            now = self.clock.now()
             known = {s.name: await self.store.known_records(s.name)
                      for s in new if s.name not in by_name}  # fmt: skip
-            rules = {s.name: self._calling_rules(s, caps) for s in wanted}
-            horizon = max((r.caps.horizon for r in rules.values()), default=0.0)
-            history = None
-            if horizon != self._cap_tracker.horizon and horizon:
-                history = await self.store.dial_history(now - timedelta(seconds=horizon))
-            starts = None
-            if pacing.max_calls_per_minute and self._limiter is None:
-                since = now - timedelta(seconds=pacing.window)
-                starts = await self.store.dial_starts(since)
-            rejections = None
-            if retry.by_reason and not self.retry.by_reason:
-                rejections = await self.store.rejections()
             sources = {s.name: by_name.get(s.name) or Source(s) for s in new}
             fresh = [s for s in new if sources[s.name].strategy is not s or s.name in known]
             await self._open_all([(sources[s.name], s) for s in fresh])
-            if self._control is None:  # the hub began to stop meanwhile
+            try:
+                if self._control is None:
+                    raise DispatchError("the hub is stopping")
+                rules = {s.name: self._calling_rules(s, caps) for s in wanted}
+                ledger = await self._read_ledger(rules, pacing, retry)
+            except BaseException:
                 await self._close_all(fresh)
-                raise DispatchError("the hub is stopping")
-            # Then apply it all.
-            changes = [f"strategy removed: {source.name}" for source in removed]
-            for source in [*removed, *(by_name[s.name] for s in new if s.name in current)]:
-                await self._stop_source(source)
-            for source in removed:
-                source.retired = True
-                self._retired.append(source.strategy)
-            for strategy in new:
-                source = sources[strategy.name]
-                if strategy.name in known:
-                    changes.append(f"strategy added: {strategy.name}")
-                    source.known = {r: k for (_, r), k in known[strategy.name].items()}
-                    source.terminal_at_start = {r for r, k in source.known.items()
-                                                if k.state.terminal}  # fmt: skip
-                else:
-                    verb = "changed" if strategy.name in current else "added"
-                    changes.append(f"strategy {verb}: {strategy.name}")
-                    if source.strategy is not strategy:
-                        self._retired.append(source.strategy)
-                    else:  # the very strategy a reload removed, back: still open
-                        self._retired.remove(strategy)
-                    source.strategy, source.retired = strategy, False
-                self._outbox.strategies[strategy.name] = strategy
-            self._sources = [by_name.get(s.name) or sources[s.name] for s in wanted]
-            self._queue.sources = [*self._sources, *(s for s in by_name.values()
-                                                     if s.retired and s.in_flight)]  # fmt: skip
+                raise
+            # Then apply it all; nothing below raises. Pacing and caps first, with no wait
+            # since the ledger was read, so no dial falls between the read and its use.
+            changes: list[str] = []
             if caps != self.caps or any(r != self._rules.get(n, r) for n, r in rules.items()):
                 changes.append("calling rules")
             self.caps = caps
@@ -395,28 +407,84 @@ class DispatchHub:
             self._attempts.opt_out_reasons.update(
                 {name: r.opt_out_reasons for name, r in rules.items()}
             )
-            if history is not None:
-                self._cap_tracker.horizon = horizon
-                self._cap_tracker.reload(history)
-            elif not horizon:
-                self._cap_tracker.horizon = 0.0
-                self._cap_tracker.reload(())
-            changes += self._repace(pacing, starts)
+            self._cap_tracker.horizon = ledger.horizon
+            if ledger.history is not None:
+                self._cap_tracker.load(ledger.history)  # merged: what is known stays
+            changes += self._repace(pacing, ledger.starts)
             if retry != self.retry:
                 changes.append("retry")
                 self.retry = self._attempts.retry = retry
-                if rejections is not None:
-                    self._attempts.rejections.update(rejections)
-            if webhooks is not None and list(webhooks) != self.webhooks:
+                if ledger.rejections is not None:
+                    self._attempts.rejections.update(ledger.rejections)
+            if hooks is not None:
                 changes.append("webhooks")
-                self._rehook(list(webhooks))
+                self._rehook(hooks, hub_hooks)
             changes += self._retune(poll_interval, drain_timeout, from_, default_region)
+            changes[:0] = [f"strategy removed: {source.name}" for source in removed]
+            changes[len(removed) : len(removed)] = self._swap(new, sources, known, current)
+            for source in [*removed, *(by_name[s.name] for s in new if s.name in current)]:
+                await self._stop_source(source)
+            for source in removed:
+                source.retired = True
+                self._retired.append(source.strategy)
+            self._sources = [by_name.get(s.name) or sources[s.name] for s in wanted]
+            self._queue.sources = [*self._sources, *(s for s in by_name.values() if s.retired
+                                                     and s.name not in names)]  # fmt: skip
             for strategy in new:
                 self._start_source(sources[strategy.name])
             for source in removed:
                 await self._record_queue(source)
             self._queue.notify()
             return changes
+
+    def _swap(
+        self,
+        new: list[Strategy],
+        sources: dict[str, Source],
+        known: dict[str, dict[tuple[str, str], KnownRecord]],
+        current: dict[str, Source],
+    ) -> list[str]:
+        """Put each new strategy in its source (a new one, or the one its name had)."""
+        changes = []
+        for strategy in new:
+            source = sources[strategy.name]
+            if strategy.name in known:
+                changes.append(f"strategy added: {strategy.name}")
+                source.known = {r: k for (_, r), k in known[strategy.name].items()}
+                source.terminal_at_start = {r for r, k in source.known.items()
+                                            if k.state.terminal}  # fmt: skip
+            else:
+                verb = "changed" if strategy.name in current else "added"
+                changes.append(f"strategy {verb}: {strategy.name}")
+                if source.strategy is not strategy:
+                    self._retired.append(source.strategy)
+                elif strategy in self._retired:  # the very strategy a reload removed, back
+                    self._retired.remove(strategy)
+                source.strategy, source.retired = strategy, False
+            self._outbox.strategies[strategy.name] = strategy
+        return changes
+
+    async def _read_ledger(
+        self, rules: dict[str, CallingRules], pacing: Pacing, retry: RetryPolicy
+    ) -> _Ledger:
+        """What new rules need from the ledger that the hub does not hold yet."""
+        now = self.clock.now()
+        horizon = max((r.caps.horizon for r in rules.values()), default=0.0)
+        history = None
+        if horizon > self._cap_tracker.horizon:
+            history = await self.store.dial_history(now - timedelta(seconds=horizon))
+        starts = None
+        limiter = self._limiter
+        if pacing.max_calls_per_minute and (limiter is None or pacing.window > limiter.window):
+            # Off until now (its starts since are in the ledger only), or a longer window
+            # than it kept starts for: the older ones come from the ledger.
+            starts = await self.store.dial_starts(now - timedelta(seconds=pacing.window))
+            if limiter is not None:
+                starts = [t for t in starts if t <= now - timedelta(seconds=limiter.window)]
+        rejections = None
+        if retry.by_reason and not self.retry.by_reason:
+            rejections = await self.store.rejections()
+        return _Ledger(horizon, history, starts, rejections)
 
     async def _open_all(self, pairs: list[tuple[Source, Strategy]]) -> None:
         """Open each strategy (for its source); if one fails, close those opened and raise."""
@@ -440,6 +508,7 @@ class DispatchHub:
 
     async def _stop_source(self, source: Source) -> None:
         """Stop polling ``source`` and release what it has queued (not its calls)."""
+        source.generation += 1  # a record the dispatch loop holds from before is let go
         if source.scope is not None and source.stopped is not None:
             source.scope.cancel()
             await source.stopped.wait()  # no poll adds to the queue after this
@@ -460,20 +529,25 @@ class DispatchHub:
                 limiter.reconfigure(sys.maxsize, limiter.window)  # wake the waiter: no limit
             self._limiter = None
             return ["pacing"]
+        was_off = self._limiter is None
         if limiter is None:
             limiter = SlidingWindowLimiter(1, pacing.window, clock=self.clock)
         limiter.reconfigure(pacing.max_calls_per_minute, pacing.window)
-        if starts is not None:  # the limit was off: count the ledger's starts since
+        if starts is not None:
             mono, now = self.clock.monotonic(), self.clock.now()
-            limiter.reseed(mono - (now - t).total_seconds() + START_MARGIN for t in starts)
+            seeded = [mono - (now - t).total_seconds() + START_MARGIN for t in starts]
+            if was_off:  # its starts since were not counted: the ledger's are all there is
+                limiter.reseed(seeded)
+            else:  # a longer window: the starts older than the one it kept
+                limiter.seed(seeded)
         self._limiter = self._attempts.limiter = limiter
         return ["pacing"]
 
-    def _rehook(self, webhooks: list[WebhookEndpoint]) -> None:
+    def _rehook(self, webhooks: list[WebhookEndpoint], built: Webhooks | None) -> None:
         if self._webhooks is not None:
             self._retired_webhooks.append(self._webhooks)  # it may be sending: closed later
         self.webhooks = webhooks
-        self._webhooks = Webhooks(webhooks, self.clock) if webhooks else None
+        self._webhooks = built
         self.store.route_webhooks(routes(webhooks))
         self._outbox.webhooks = self._webhooks
 
@@ -742,6 +816,7 @@ class DispatchHub:
         if self._control is None:
             return  # stopping: nothing is polled any more
         source.scope, source.stopped = anyio.CancelScope(), anyio.Event()
+        source.poll_event = None  # the stopped loop's
         self._control.start_soon(self._run_source, source, source.scope, source.stopped)
 
     async def _run_source(
@@ -760,9 +835,11 @@ class DispatchHub:
         while True:
             if schedule is not None:
                 await self._wait_for_schedule(source, schedule)
-            await self._maybe_read_controls()
-            source.polling = True
+            # Polling from here on, with no wait before: a done check in between would find
+            # neither the poll asked for nor the poll running.
+            source.polling, source.poll_wanted = True, False
             try:
+                await self._maybe_read_controls()
                 result = source.strategy.poll()
                 items = result if isinstance(result, AsyncIterator) else await result
                 await self._intake(source, items)
@@ -790,6 +867,7 @@ class DispatchHub:
         if opens is None:
             logger.info("schedule.over strategy=%s (not polled again)", source.name)
             source.polls = max(source.polls, 1)  # nothing more will come from it
+            source.poll_wanted = False
             self._check_done()
             await anyio.sleep_forever()
         assert opens is not None
@@ -806,7 +884,6 @@ class DispatchHub:
             source.poll_event = event = anyio.Event()
             await wait_for(event, self.clock.monotonic() + self.poll_interval, self.clock)
             source.poll_event = None
-        source.poll_wanted = False
 
     async def _watch(self, source: Source) -> None:
         try:
@@ -990,6 +1067,7 @@ class DispatchHub:
             )
             return
         self._counters.skipped += len(skips)
+        source.done += len(skips)
         self._outbox.wake()
 
     # -- dispatching -------------------------------------------------------------------------
@@ -1001,8 +1079,12 @@ class DispatchHub:
             await self.store.wait_available()
             await slots.acquire()
             source, record = await self._queue.take()
+            generation = source.generation
             # Read here too, whether or not a strategy polls (a closed schedule, a slow one).
             await self._maybe_read_controls()
+            if source.generation != generation:  # a reload removed or replaced its strategy
+                self._let_go(source, record, None, slots)
+                continue
             if controls.is_paused(self._pauses, source.name):
                 # Paused: no new dial (calls in flight go on). The record waits one poll
                 # interval, when the flags may have been read again, and is taken anew.
@@ -1023,21 +1105,30 @@ class DispatchHub:
                 self._queue.put_back(source, record)  # not dialed
                 slots.release()
                 raise
-            if source.retired:  # its strategy was removed by a reload while this waited
-                if reservation is not None and self._limiter is not None:
-                    self._limiter.cancel(reservation)
-                self._queue.release(source, record)
-                slots.release()
+            if source.generation != generation:  # a reload, while this waited for the rate
+                self._let_go(source, record, reservation, slots)
                 continue
             if reservation is not None or self._smoother is not None:
                 # The wait for the rate may have outlasted the window, or a cap: ask again.
                 verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
                 if not isinstance(verdict, Go):
-                    if reservation is not None and self._limiter is not None:
-                        self._limiter.cancel(reservation)
+                    if reservation is not None and self._attempts.limiter is not None:
+                        self._attempts.limiter.cancel(reservation)
                     await self._not_now(source, record, verdict, slots)
                     continue
             calls.start_soon(self._attempt, source, record, reservation, slots, verdict.evidence)
+
+    def _let_go(
+        self, source: Source, record: Record, reservation: Reservation | None, slots: Slots
+    ) -> None:
+        """Drop a record taken from a strategy a reload removed or replaced since: not
+        dialed. A replaced one's new version takes it in again at its next poll."""
+        if reservation is not None and self._attempts.limiter is not None:
+            self._attempts.limiter.cancel(reservation)
+        self._queue.release(source, record)
+        slots.release()
+        if not source.retired:
+            source.request_poll()
 
     async def _not_now(
         self, source: Source, record: Record, verdict: Hold | GateRefuse, slots: Slots
@@ -1075,7 +1166,9 @@ class DispatchHub:
     def _check_done(self) -> None:
         if not self.exit_when_done or self._stop_requested:
             return
-        if any(s.polls == 0 or s.polling for s in self._sources) or not self._queue.idle():
+        # A poll asked for (poll_now, or a reload letting a record go) may bring work.
+        busy = any(s.polls == 0 or s.polling or s.poll_wanted for s in self._sources)
+        if busy or not self._queue.idle():
             return
         logger.info("hub.done every polled record is in a terminal state")
         self.stop()

@@ -9,6 +9,11 @@ daemon's job alone.
 - Every handler carries the :class:`SecretFilter`: a secret the configuration holds (API key,
   passwords, tokens, webhook secrets; see :func:`register_secrets`) never reaches a line, at
   any level, in the message, its arguments, a traceback or a field given with ``extra=``.
+- JSON lines carry the ``key=value`` pairs of our messages as fields of their own
+  (``{"event": "dial.start", "strategy": "leads", "record": "r1", ...}``), with their values
+  as logged (numbers stay numbers), and whatever came with ``extra=``.
+- ``phone="last4"`` (``[logging] phone``) masks phone numbers in every line, keeping their
+  last four digits (``+*******2671``).
 - Third-party loggers (websockets, watchfiles, alembic, SQLAlchemy) say only warnings unless
   the level is DEBUG, and their lines lead with the logger's name where ours lead with an
   event name, so every line starts with a stable word.
@@ -27,7 +32,14 @@ from collections.abc import Iterable
 from typing import Any, Literal, TextIO
 from urllib.parse import quote
 
-__all__ = ["SecretFilter", "configure_logging", "quiet_http_logs", "redact", "register_secrets"]
+__all__ = [
+    "SecretFilter",
+    "configure_logging",
+    "mask_phones",
+    "quiet_http_logs",
+    "redact",
+    "register_secrets",
+]
 
 REDACTED = "***"
 # Shorter values are not taken for secrets: replacing them would mangle every line.
@@ -86,6 +98,67 @@ def redact(text: str) -> str:
 
 # The attributes every LogRecord has; the others came with extra=.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+FIELDS = "dispatch_fields"  # the record attribute holding a message's key=value pairs
+# Marks a record the filter has cleaned; an object no extra= can pass.
+_DONE = "_dispatch_filtered"
+_DONE_MARK = object()
+
+# A %-conversion of a message template, and the `key=` right before one.
+_SPEC = re.compile(
+    r"%(?:\((\w+)\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])"
+)
+_KEY_BEFORE = re.compile(r"(\w[\w.]*)=$")
+# A number in E.164 (how the hub logs every number it dials), and the fields that hold one.
+_E164 = re.compile(r"\+\d{4,11}(\d{4})\b")
+_PHONE_KEYS = frozenset({"phone", "to", "from", "from_"})
+_phone_mode: Literal["full", "last4"] = "full"
+
+
+def mask_phones(text: str) -> str:
+    """``text`` with every E.164 number masked to its last four digits, if so configured."""
+    if _phone_mode == "full":
+        return text
+    return _E164.sub(lambda m: "+" + "*" * (len(m.group(0)) - 5) + m.group(1), text)
+
+
+def _mask_phone_field(value: object) -> object:
+    if _phone_mode == "full" or not isinstance(value, str) or len(value) <= 4:
+        return value
+    if _E164.fullmatch(value):
+        return mask_phones(value)
+    if value.startswith("+*"):
+        return value  # masked already, as E.164
+    return "*" * (len(value) - 4) + value[-4:]  # as given (a skipped record's): any form
+
+
+def fields_of(template: object, args: object) -> dict[str, Any]:
+    """The ``key=value`` pairs a message template spells (``"dial.start record=%s"``), with
+    the values as given to it."""
+    if not isinstance(template, str) or not isinstance(args, tuple):
+        return {}
+    fields: dict[str, Any] = {}
+    index = 0
+    for match in _SPEC.finditer(template):
+        if match.group(2) == "%":
+            continue
+        if index >= len(args):
+            break
+        value, index = args[index], index + 1
+        key = _KEY_BEFORE.search(template, 0, match.start())
+        if key is not None:
+            fields[key.group(1)] = _field_value(value)
+    return fields
+
+
+def _field_value(value: object) -> object:
+    """A JSON-ready field value, with no secret and, if so configured, no full number."""
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # a broken __str__ must not make the log call raise
+        text = f"<{type(value).__name__}>"
+    return mask_phones(redact(text))
 
 
 class SecretFilter(logging.Filter):
@@ -95,29 +168,37 @@ class SecretFilter(logging.Filter):
     to its beginning and end, so a long key would otherwise show in part."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS.pattern is None:
-            return True
+        if getattr(record, _DONE, None) is _DONE_MARK:
+            return True  # done already (the record passed another handler)
+        setattr(record, _DONE, _DONE_MARK)
         if record.args:
             args = record.args
             if isinstance(args, tuple):
                 record.args = tuple(_redact_arg(arg) for arg in args)
             elif isinstance(args, dict):  # logger.info("%(key)s", {...})
                 record.args = {key: _redact_arg(value) for key, value in args.items()}
+        fields = {} if _foreign(record.name) else fields_of(record.msg, record.args)
+        for key in fields.keys() & _PHONE_KEYS:
+            fields[key] = _mask_phone_field(fields[key])
+        # extra= fields: made JSON-ready and clean here, whatever their type.
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and key not in (FIELDS, _DONE):
+                record.__dict__[key] = _field_value(value)
+        record.__dict__[FIELDS] = fields
+        if _SECRETS.pattern is None and _phone_mode == "full":
+            return True
         try:
             message = record.getMessage()
         except Exception:  # bad arguments: logging reports those, without the secrets
             message = f"{record.msg} {record.args!r}"
-        record.msg = redact(message)
+        record.msg = mask_phones(redact(message))
         record.args = ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = mask_phones(redact(record.exc_text))
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and isinstance(value, str):
-                record.__dict__[key] = redact(value)
+            record.stack_info = mask_phones(redact(record.stack_info))
         return True
 
 
@@ -208,11 +289,17 @@ class _JsonFormatter(logging.Formatter):
             "event": event,
             "message": message,
         }
+        # The message's key=value pairs, then extra= fields; neither hides the above.
+        extra = {k: v for k, v in record.__dict__.items()
+                 if k not in _STANDARD and k not in (FIELDS, _DONE)}  # fmt: skip
+        for key, value in {**record.__dict__.get(FIELDS, {}), **extra}.items():
+            payload.setdefault(key, value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             payload["exception"] = record.exc_text
-        text = json.dumps(payload)
+        # The values are clean already; the whole line once more, in case one was not.
+        text = mask_phones(redact(json.dumps(payload, default=str)))
         return _with_priority(text, record) if self.journald else text
 
 
@@ -228,10 +315,26 @@ def under_journald(stream: TextIO) -> bool:
         return False
 
 
-def configure_logging(level: str = "INFO", format: Literal["text", "json"] = "text") -> None:
-    stream = sys.stdout
-    journald = under_journald(stream)
-    handler = logging.StreamHandler(stream)
+class _Stdout:
+    """Whatever ``sys.stdout`` is when a line is written: a live progress display swaps it
+    for a proxy that prints above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def configure_logging(
+    level: str = "INFO",
+    format: Literal["text", "json"] = "text",
+    phone: Literal["full", "last4"] = "full",
+) -> None:
+    global _phone_mode
+    _phone_mode = phone
+    journald = under_journald(sys.stdout)
+    handler: logging.StreamHandler[Any] = logging.StreamHandler(_Stdout())
     if format == "json":
         handler.setFormatter(_JsonFormatter(journald=journald))
     else:

@@ -47,7 +47,10 @@ class Source:
     poll_wanted: bool = False  # the strategy asked for a poll (`poll_now`)
     poll_event: anyio.Event | None = None  # set while the poll loop sleeps
     opens_at: datetime | None = None  # closed by its schedule until then
+    dialed: int = 0  # dial starts this run
+    done: int = 0  # records that reached a terminal state this run (skips included)
     retired: bool = False  # a reload removed its strategy: not polled, nothing queued
+    generation: int = 0  # bumped when a reload stops it (removed, or a new version)
     scope: anyio.CancelScope | None = None  # its poll loop's, while it runs
     stopped: anyio.Event | None = None  # set once its poll loop has stopped
 

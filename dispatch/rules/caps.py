@@ -87,15 +87,13 @@ class CapTracker:
         self._starts: dict[str, list[datetime]] = {}
         self._refused: dict[str, datetime] = {}
 
-    def reload(self, starts: Iterable[DialStart]) -> None:
-        """Forget what was tracked and track ``starts`` instead (the ledger's, read anew)."""
-        self._starts.clear()
-        self._refused.clear()
-        self.load(starts)
-
     def load(self, starts: Iterable[DialStart]) -> None:
+        """Track ``starts`` (the ledger's) too; a start tracked already is not counted twice."""
         for start in starts:
-            self.started(start.phone, start.at)
+            times = self._starts.get(start.phone, ())
+            at = bisect.bisect_left(times, start.at)
+            if at == len(times) or times[at] != start.at:
+                self.started(start.phone, start.at)
             if start.refused:
                 self.refused(start.phone, start.at)
 

@@ -29,7 +29,6 @@ from ..store.store import StoreStatistics
 if TYPE_CHECKING:
     from ..config import MetricsConfig
     from ..hub import DispatchHub
-    from ..queue import Source
 
 __all__ = [
     "HealthLimits",
@@ -92,12 +91,6 @@ def agent_connected(agent: object) -> bool | None:
     return ready is not None and bool(ready.is_set())
 
 
-def _sources(hub: DispatchHub) -> list[Source]:
-    # The hub keeps its per-strategy queues private; reading them here, rather than widening
-    # its API, keeps the metrics a spectator of the hub.
-    return list(hub._sources)
-
-
 class HubCollector(Collector):
     """Reads ``hub`` on every scrape. ``loop_lag`` and ``agent`` come from the server."""
 
@@ -155,11 +148,11 @@ class HubCollector(Collector):
             "Records waiting, by strategy and what they wait for.",
             labels=["strategy", "reason"],
         )
-        for source in _sources(self.hub):
-            pending.add_metric([source.name], len(source.pending))
-            waiting.add_metric([source.name], len(source.waiting))
-            for reason, count in sorted(source.waiting_reasons().items()):
-                reasons.add_metric([source.name, reason], count)
+        for name, s in self.hub.strategy_statistics().items():
+            pending.add_metric([name], s.pending)
+            waiting.add_metric([name], s.waiting)
+            for reason, count in sorted(s.waiting_for.items()):
+                reasons.add_metric([name, reason], count)
         yield from (pending, waiting, reasons)
 
     def _store(self) -> Iterator[Metric]:

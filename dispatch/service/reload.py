@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import anyio
+
 from ..abc import Strategy
 from ..config import RESTART_ONLY, Settings, hub_settings, load_settings
 from ..errors import ConfigError, DispatchError
@@ -37,6 +39,7 @@ class Reloader:
         self.settings = settings
         self.path = path
         self.base = base
+        self._lock = anyio.Lock()  # one reload at a time: each compares with the last
 
     async def reload(self, notifier: Notifier) -> bool:
         """Apply the file as it is now; return whether it was taken."""
@@ -44,11 +47,12 @@ class Reloader:
             logger.warning("daemon.reload_refused error=the daemon was started without a "
                            "configuration file, there is nothing to reload")  # fmt: skip
             return False
-        notifier.reloading()
-        try:
-            return await self._reload(self.path)
-        finally:
-            notifier.reloaded(hub_status(self.hub, notifier))
+        async with self._lock:
+            notifier.reloading()
+            try:
+                return await self._reload(self.path)
+            finally:
+                notifier.reloaded(hub_status(self.hub, notifier))
 
     async def _reload(self, path: Path) -> bool:
         logger.info("daemon.reloading path=%s", path)
@@ -63,6 +67,14 @@ class Reloader:
             logger.error(
                 "daemon.reload_refused path=%s error=%s (the running configuration is kept)",
                 path,
+                exc,
+            )
+            return False
+        except Exception as exc:  # a strategy's own code (its import, its open()): the same
+            logger.error(
+                "daemon.reload_refused path=%s error=%s: %s (the running configuration is kept)",
+                path,
+                type(exc).__name__,
                 exc,
             )
             return False

@@ -20,6 +20,7 @@ from dispatch.logs import configure_logging, redact, register_secrets
 from dispatch.service.secrets import configured_secrets
 
 KEY = "pk_live_" + "0123456789abcdef" * 5  # long: websockets shows a long frame shortened
+A, B = "+14155552601", "+14155552602"
 THIRD_PARTY = ("websockets", "watchfiles", "alembic", "sqlalchemy", "aiosqlite")
 
 
@@ -31,6 +32,7 @@ def pristine_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     handlers, level = root.handlers[:], root.level
     levels = {name: logging.getLogger(name).level for name in (*THIRD_PARTY, "httpx", "httpcore")}
     monkeypatch.setattr(logs, "_SECRETS", logs._Secrets())
+    monkeypatch.setattr(logs, "_phone_mode", "full")
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     yield
     root.handlers[:] = handlers
@@ -40,11 +42,14 @@ def pristine_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def capture(
-    monkeypatch: pytest.MonkeyPatch, level: str = "DEBUG", format: str = "text"
+    monkeypatch: pytest.MonkeyPatch,
+    level: str = "DEBUG",
+    format: str = "text",
+    phone: str = "full",
 ) -> io.StringIO:
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    configure_logging(level, format)  # type: ignore[arg-type]
+    configure_logging(level, format, phone)  # type: ignore[arg-type]
     return out
 
 
@@ -230,3 +235,84 @@ secret_file = "hook"
         "token-from-credential",
         "free-form-token",
     }
+
+
+def test_json_lines_carry_the_message_fields_as_keys_with_their_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = capture(monkeypatch, "INFO", "json")
+    register_secrets([KEY])  # the fields go through the secret filter too
+    log = logging.getLogger("dispatch.attempts")
+    log.info("dial.start strategy=%s record=%s phone=%s attempt=%d/%d", "leads", "r 1", A, 1, 2)
+    log.warning("call.ended record=%s call_id=%s reason=%s: %s", "r1", "c-9", "busy", "detail")
+    log.info("100%% done token=%s", KEY, extra={"queue": 3})
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "dial.start"
+    assert {k: first[k] for k in ("strategy", "record", "phone", "attempt")} == {
+        "strategy": "leads",
+        "record": "r 1",  # a value with a space is whole, as given
+        "phone": A,
+        "attempt": 1,  # numbers stay numbers
+    }
+    assert first["message"] == f"dial.start strategy=leads record=r 1 phone={A} attempt=1/2"
+    assert (second["call_id"], second["reason"], second["level"]) == ("c-9", "busy", "WARNING")
+    assert (third["token"], third["queue"]) == ("***", 3)
+
+
+@pytest.mark.parametrize("format", ["text", "json"])
+def test_phone_last4_masks_numbers_in_every_line(
+    monkeypatch: pytest.MonkeyPatch, format: str
+) -> None:
+    out = capture(monkeypatch, "INFO", format, phone="last4")
+    log = logging.getLogger("dispatch.attempts")
+    log.info("dial.start record=%s phone=%s", "r1", A)
+    log.warning("record.skipped record=%s phone=%s reason=invalid_phone", "r2", "(415) 555-01")
+    log.info("dnc.added %s and +33612345678 in the text", B)
+    text = out.getvalue()
+    assert A not in text
+    assert B not in text
+    assert "+33612345678" not in text
+    assert "+*******2601" in text
+    assert "+*******2602" in text
+    assert "+*******5678" in text
+    if format == "json":
+        first, second, _ = (json.loads(line) for line in text.splitlines())
+        assert first["phone"] == "+*******2601"
+        assert second["phone"].endswith("5-01")
+        assert "555" not in second["phone"]
+    assert "record=r1" in text  # the rest is left alone
+
+
+def test_phone_full_leaves_numbers_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = capture(monkeypatch, "INFO")
+    logging.getLogger("dispatch.attempts").info("dial.start phone=%s", A)
+    assert out.getvalue().rstrip().endswith(f"dial.start phone={A}")
+
+
+def test_a_secret_inside_a_non_string_value_never_reaches_a_json_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = capture(monkeypatch, "INFO", "json")
+    register_secrets([KEY])
+    log = logging.getLogger("dispatch.store")
+
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    log.error("store.failed error=%s parts=%s", RuntimeError(f"token={KEY}"), [KEY])
+    log.info("agent.sent", extra={"headers": {"authorization": KEY}, "odd": Broken()})
+    log.info("agent.odd value=%s", Broken())  # a broken __str__ does not raise from here
+    text = out.getvalue()
+    assert KEY not in text
+    first, second, _ = (json.loads(line) for line in text.splitlines())
+    assert first["error"] == "token=***"
+    assert second["headers"] == "{'authorization': '***'}"
+    assert second["odd"] == "<Broken>"
+
+
+def test_extra_fields_cannot_switch_the_filter_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = capture(monkeypatch, "INFO", "json")
+    register_secrets([KEY])
+    logging.getLogger("dispatch.x").info("a.b key=%s", KEY, extra={logs.FIELDS: {}})
+    assert KEY not in out.getvalue()

@@ -253,3 +253,50 @@ async def test_new_caps_apply_to_the_next_dial(sqlite_url: str) -> None:
             assert hub.statistics().waiting == 1
             clock.advance(3600)
             await agent.wait_for_dials(2)
+
+
+async def test_a_longer_window_counts_the_starts_it_had_already_let_go(sqlite_url: str) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    source = ListStrategy([rec(f"r{n}", PHONES[n]) for n in range(3)])
+    pacing = Pacing(max_calls_per_minute=1, max_concurrent=3)
+    hub = hub_for(sqlite_url, agent, source, clock=clock, pacing=pacing, exit_when_done=True)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await serving(hub, tg)
+            await agent.wait_for_dials(1)  # r0 at 0
+            await clock.wait_for_deadline(60.0)
+            clock.advance(60)
+            await agent.wait_for_dials(2)  # r1 at 60; r0's start left the 60 s window
+            clock.advance(1)
+            wider = Pacing(max_calls_per_minute=2, max_concurrent=3, window=120.0)
+            await hub.reconfigure(pacing=wider)
+            # r0 (from the ledger) and r1 are both in the 120 s window: r2 waits.
+            await clock.wait_for_deadline(60.0 + START_MARGIN + 60.0)
+            await clock.wait_all_tasks_blocked()
+            assert len(agent.dials) == 2
+            clock.advance(60.0)
+            await agent.wait_for_dials(3)
+
+
+async def test_a_record_held_for_the_rate_when_its_strategy_changes_is_taken_anew(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    old = ListStrategy([rec("r1", A, greeting="old"), rec("r2", B, greeting="old")])
+    new = ListStrategy([rec("r1", A, greeting="new"), rec("r2", B, greeting="new")])
+    pacing = Pacing(max_calls_per_minute=1, max_concurrent=2)
+    hub = hub_for(sqlite_url, agent, old, clock=clock, pacing=pacing, exit_when_done=True)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await serving(hub, tg)
+            await agent.wait_for_dials(1)
+            await clock.wait_for_deadline(60.0)  # r2 taken, waiting for the rate
+            await hub.reconfigure(strategies=[new])
+            await new.wait_for_polls(1)
+            clock.advance(60)
+            await agent.wait_for_dials(2)
+    assert [(d.to, d.greeting) for d in agent.dials] == [(A, "old"), (B, "new")]
