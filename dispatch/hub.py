@@ -397,8 +397,13 @@ class DispatchHub:
             except BaseException:
                 await self._close_all(fresh)
                 raise
-            # Then apply it all; nothing below raises. Pacing and caps first, with no wait
-            # since the ledger was read, so no dial falls between the read and its use.
+            # Then apply it all; nothing below raises. The strategies that go or change stop
+            # taking records in first, at once (a higher cap must not dial their queue);
+            # pacing and caps next, with no wait since the ledger was read, so no dial falls
+            # between the read and its use.
+            stopping = [*removed, *(by_name[s.name] for s in new if s.name in current)]
+            for source in stopping:
+                self._halt(source)
             changes: list[str] = []
             if caps != self.caps or any(r != self._rules.get(n, r) for n, r in rules.items()):
                 changes.append("calling rules")
@@ -420,10 +425,10 @@ class DispatchHub:
                 changes.append("webhooks")
                 self._rehook(hooks, hub_hooks)
             changes += self._retune(poll_interval, drain_timeout, from_, default_region)
+            for source in stopping:
+                await self._halted(source)
             changes[:0] = [f"strategy removed: {source.name}" for source in removed]
             changes[len(removed) : len(removed)] = self._swap(new, sources, known, current)
-            for source in [*removed, *(by_name[s.name] for s in new if s.name in current)]:
-                await self._stop_source(source)
             for source in removed:
                 source.retired = True
                 self._retired.append(source.strategy)
@@ -506,14 +511,18 @@ class DispatchHub:
                 except Exception:
                     logger.exception("strategy.close_failed strategy=%s", strategy.name)
 
-    async def _stop_source(self, source: Source) -> None:
+    def _halt(self, source: Source) -> None:
         """Stop polling ``source`` and release what it has queued (not its calls)."""
         source.generation += 1  # a record the dispatch loop holds from before is let go
-        if source.scope is not None and source.stopped is not None:
-            source.scope.cancel()
-            await source.stopped.wait()  # no poll adds to the queue after this
+        if source.scope is not None:
+            source.scope.cancel()  # and a poll under way adds nothing more (`_enqueue`)
         for record_id in source.queued_ids():
             self._queue.withdraw(source, record_id)
+
+    async def _halted(self, source: Source) -> None:
+        """Wait until the poll loop :meth:`_halt` cancelled is over."""
+        if source.stopped is not None:
+            await source.stopped.wait()
 
     def _repace(self, pacing: Pacing, starts: list[datetime] | None) -> list[str]:
         """Apply new pacing: the window limit keeps the starts it counted (or is seeded
@@ -1006,6 +1015,8 @@ class DispatchHub:
             )
 
     def _enqueue(self, source: Source, verdict: Admit | Wait, due: float | None) -> None:
+        if source.scope is not None and source.scope.cancel_called:
+            return  # a reload stopped this poll (the strategy goes or changes)
         until = -math.inf if due is None else due
         if isinstance(verdict, Wait):
             wait = (verdict.until - self.clock.now()).total_seconds()

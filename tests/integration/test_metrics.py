@@ -121,7 +121,9 @@ class FakeHub:
     clock: ManualClock = field(default_factory=ManualClock)
     store: FakeStore = field(default_factory=FakeStore)
     agent: Any = field(default_factory=ScriptedAgent)
-    _sources: list[Any] = field(default_factory=list)
+
+    def strategy_statistics(self) -> dict[str, Any]:
+        return {}
 
     def statistics(self) -> Any:
         return SimpleNamespace(

@@ -300,3 +300,22 @@ async def test_a_record_held_for_the_rate_when_its_strategy_changes_is_taken_ane
             clock.advance(60)
             await agent.wait_for_dials(2)
     assert [(d.to, d.greeting) for d in agent.dials] == [(A, "old"), (B, "new")]
+
+
+async def test_a_higher_cap_in_the_same_reload_never_dials_a_removed_strategys_queue(
+    sqlite_url: str,
+) -> None:
+    agent = ScriptedAgent(auto_end=False)
+    first = ListStrategy([rec("a1", A), rec("a2", B), rec("a3", C)], name="first")
+    second = ListStrategy([rec("c1", D)], name="second")
+    hub = hub_for(sqlite_url, agent, first, max_concurrent=1, exit_when_done=True)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await serving(hub, tg)
+            await agent.wait_for_live(1)
+            await hub.reconfigure(strategies=[second], pacing=Pacing(max_concurrent=3))
+            await agent.wait_for_live(2)
+            await hub.clock.wait_all_tasks_blocked()  # type: ignore[attr-defined]
+            end_all(agent)
+    assert [d.to for d in agent.dials] == [A, D]
