@@ -12,6 +12,7 @@ MODULES = [
     "bench.sql_poll",
     "bench.memory",
     "bench.startup",
+    "bench.cluster",
 ]
 
 for module in MODULES:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +37,7 @@ from .rules.caps import CapTracker, is_refusal
 from .rules.dnc import DoNotCallList
 from .states import AttemptState, RecordState
 from .store import DoNotCall, KnownRecord, Store
+from .store.cluster import Claim, Claimed, ClusterLimits, Taken
 from .store.outbox import Callback
 
 __all__ = ["Attempts", "Counters"]
@@ -95,6 +98,9 @@ class Attempts:
     dnc: DoNotCallList = field(default_factory=DoNotCallList)
     # Per strategy: end reasons of a connected call that mean "stop calling me".
     opt_out_reasons: dict[str, frozenset[str]] = field(default_factory=dict)
+    # In a cluster: the limits every daemon together respects, for a record of a source.
+    cluster: Callable[[Source], ClusterLimits] | None = None
+    shared_room_at: float = -math.inf  # monotonic: until then the shared limits are full
     # The reasons of the rejections so far of records waiting to retry (retries by reason).
     rejections: dict[tuple[str, str], list[str | None]] = field(default_factory=dict)
     # Attempts whose outcome is not known, until the agent reports it late (or late_window
@@ -133,16 +139,25 @@ class Attempts:
         key = (source.name, record.id)
         attempt_id = self._unsure.pop(key, None) or uuid.uuid4().hex
         dialed_at = self.clock.now()
+        intent: dict[str, Any] = {
+            "attempt_id": attempt_id,
+            "strategy": source.name,
+            "record_id": record.id,
+            "number": number,
+            "phone": record.phone,
+            "at": dialed_at,
+            "evidence": {**(evidence or {}), "caller_id": record.from_ or self.from_},
+        }
         try:
-            await self.store.intent(
-                attempt_id=attempt_id,
-                strategy=source.name,
-                record_id=record.id,
-                number=number,
-                phone=record.phone,
-                at=dialed_at,
-                evidence={**(evidence or {}), "caller_id": record.from_ or self.from_},
-            )
+            if self.cluster is None:
+                await self.store.intent(**intent)
+            else:
+                claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
+                if not self._claimed(source, record, claim):
+                    self._give_back(reservation)
+                    return
+                assert isinstance(claim, Claimed)
+                dialed_at = claim.at
         except StoreUnavailable:
             # Never dial without a committed intent. The store says why once per outage; the
             # record goes back to the queue, and the hub dials nothing until the store is back.
@@ -176,6 +191,23 @@ class Attempts:
         outcome = await self._dial(source, record, attempt_id, number)
         with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
             await self._settle(source, record, attempt_id, number, outcome)
+
+    def _claimed(self, source: Source, record: Record, claim: Claim) -> bool:
+        """In a cluster: whether the claim was won. A record another daemon has is left to
+        it (what it made of the record is known here from now on); one the shared limits
+        hold back waits for the time they say."""
+        if isinstance(claim, Claimed):
+            return True
+        if isinstance(claim, Taken):
+            logger.info("dial.claimed_elsewhere strategy=%s record=%s state=%s", source.name,
+                        record.id, claim.state.value)  # fmt: skip
+            source.known[record.id] = KnownRecord.of(claim.state, claim.attempts, claim.retry_at)
+            return False
+        until = self.clock.monotonic() + max(0.0, (claim.until - self.clock.now()).total_seconds())
+        if claim.shared:  # no record may go before then: the dispatch loop waits too
+            self.shared_room_at = max(self.shared_room_at, until)
+        self.queue.delay(source, record, until, claim.why)
+        return False
 
     async def _restamp(self, record: Record, attempt_id: str, dialed_at: datetime) -> bool:
         """Keep the ledger's start of this dial within START_MARGIN of the real one (after a

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 
 from .abc import Agent, Strategy
 from .agents import SimulatedAgent
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .hub import DispatchHub
 from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
 from .results import ActionKind
@@ -101,6 +101,13 @@ def _region(value: object) -> object:
             f"unknown region {value!r} (give a country code phonenumbers knows: US, GB, FR...)"
         )
     return region
+
+
+class ClusterConfig(_Section):
+    """``[cluster]``: several daemons on one PostgreSQL run one campaign (docs/operations.md,
+    "Running several daemons")."""
+
+    enabled: bool = False
 
 
 class MetricsConfig(_Section):
@@ -677,6 +684,7 @@ class Settings(BaseSettings):
     callbacks: CallbacksConfig = CallbacksConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     agent: AgentConfig = SimulatedAgentConfig()
     strategies: list[StrategyConfig] = Field(min_length=1)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
@@ -794,9 +802,12 @@ def build_store(settings: Settings, base: Path) -> Store:
             store_url(settings, base),
             retry=Backoff(options.retry_initial, options.retry_max),
             heartbeat=Heartbeat(options.heartbeat_interval, options.heartbeat_timeout),
+            cluster=settings.cluster.enabled,
         )
     except ValueError as exc:
         raise ConfigError(f"store: {exc}") from exc
+    except StoreError as exc:  # [cluster] on SQLite
+        raise ConfigError(f"cluster: {exc}") from exc
 
 
 def _webhooks(settings: Settings, base: Path) -> list[WebhookEndpoint]:
@@ -831,7 +842,9 @@ def hub_settings(settings: Settings, base: Path) -> dict[str, Any]:
 
 
 # What a reload cannot change: the daemon keeps running with the values it started with.
-RESTART_ONLY = ("store", "agent", "metrics", "logging", "callbacks", "recover", "recover_hold")
+RESTART_ONLY = (
+    "store", "agent", "metrics", "logging", "callbacks", "recover", "recover_hold", "cluster"
+)  # fmt: skip
 
 
 def build_hub(

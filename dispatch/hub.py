@@ -45,6 +45,7 @@ from .rules.gate import Refuse as GateRefuse
 from .rules.schedule import Schedule
 from .states import RecordState
 from .store import KnownRecord, Skipped, Store, controls
+from .store.cluster import ClusterLimits
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
 
@@ -172,11 +173,13 @@ class DispatchHub:
         self.admission = Admission(default_region=default_region, clock=self.clock)
         self._sources = [Source(s) for s in strategies]
         self._queue = DispatchQueue(self._sources, self.clock)
+        # In a cluster the window is the database's (each claim counts every daemon's
+        # starts): a limiter of this process's own would only delay dials it lets through.
         self._limiter = (
             SlidingWindowLimiter(
                 self.pacing.max_calls_per_minute, self.pacing.window, clock=self.clock
             )
-            if self.pacing.max_calls_per_minute
+            if self.pacing.max_calls_per_minute and not self.store.cluster
             else None
         )
         self.webhooks = list(webhooks)
@@ -224,6 +227,7 @@ class DispatchHub:
             caps=self._cap_tracker,
             dnc=self._dnc,
             opt_out_reasons={name: r.opt_out_reasons for name, r in self._rules.items()},
+            cluster=self._cluster_limits if self.store.cluster else None,
         )
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
@@ -245,6 +249,16 @@ class DispatchHub:
             caps = caps.tightened(rules.pack.caps)
         return CallingRules(
             rules.pack, caps.tightened(rules.caps), rules.schedule, rules.opt_out_reasons
+        )
+
+    def _cluster_limits(self, source: Source) -> ClusterLimits:
+        """What every daemon of a cluster respects together, for a record of ``source``."""
+        return ClusterLimits(
+            max_concurrent=self.pacing.max_concurrent,
+            max_calls_per_minute=self.pacing.max_calls_per_minute,
+            window=self.pacing.window,
+            hold=self.recover_hold,
+            caps=self._rules[source.name].caps,
         )
 
     def calling_rules(self, strategy: str) -> CallingRules:
@@ -480,7 +494,8 @@ class DispatchHub:
             history = await self.store.dial_history(now - timedelta(seconds=horizon))
         starts = None
         limiter = self._limiter
-        if pacing.max_calls_per_minute and (limiter is None or pacing.window > limiter.window):
+        limited = pacing.max_calls_per_minute and not self.store.cluster
+        if limited and (limiter is None or pacing.window > limiter.window):
             # Off until now (its starts since are in the ledger only), or a longer window
             # than it kept starts for: the older ones come from the ledger.
             starts = await self.store.dial_starts(now - timedelta(seconds=pacing.window))
@@ -533,7 +548,7 @@ class DispatchHub:
         self._slots.resize(pacing.max_concurrent)
         self._smoother = _smoother(pacing)
         limiter = self._attempts.limiter  # what reservations in flight were taken from
-        if pacing.max_calls_per_minute is None:
+        if pacing.max_calls_per_minute is None or self.store.cluster:
             if limiter is not None:
                 limiter.reconfigure(sys.maxsize, limiter.window)  # wake the waiter: no limit
             self._limiter = None
@@ -665,14 +680,21 @@ class DispatchHub:
             since = now - timedelta(seconds=self._limiter.window)
             starts = await self.store.dial_starts(since)
             self._limiter.seed(mono - (now - t).total_seconds() + START_MARGIN for t in starts)
-        if self.recover_hold:
-            since = now - timedelta(seconds=self.recover_hold)
-            for phone, ended in (await self.store.maybe_live(since)).items():
-                self._queue.hold(phone, mono - (now - ended).total_seconds() + self.recover_hold)
+        await self._hold_maybe_live(now)
         if self._queue.held:
             logger.info(
                 "hub.holding numbers=%d (a call to them may still be live)", self._queue.held
             )
+
+    async def _hold_maybe_live(self, now: datetime) -> None:
+        """Hold, for ``recover_hold`` after their call ended, the numbers whose call may
+        still be live at the platform (a dead daemon's, or of unknown outcome)."""
+        if not self.recover_hold:
+            return
+        mono = self.clock.monotonic()
+        since = now - timedelta(seconds=self.recover_hold)
+        for phone, ended in (await self.store.maybe_live(since)).items():
+            self._queue.hold(phone, mono - (now - ended).total_seconds() + self.recover_hold)
 
     async def _load_rules(self, now: datetime) -> None:
         """The do-not-call list, each number's recent dials (the caps), and the rejections of
@@ -744,6 +766,31 @@ class DispatchHub:
                     raise StoreInUse(
                         "another daemon took the store over (this one's heartbeat had expired)"
                     )
+                if self.store.cluster:
+                    await self._reap()
+
+    async def _reap(self) -> None:
+        """In a cluster, at every beat: remove the daemons whose heartbeat expired, recover
+        the attempts in flight that no live daemon owns (only those: theirs), hold their
+        numbers, and deliver their callbacks from now on. A recovery that failed is done at
+        the next beat: it looks for orphaned attempts, not for daemons just removed."""
+        try:
+            dead = await self.store.reap()
+            now = self.clock.now()
+            recovered = await self.store.recover(self.recover, now, max_dials=self.retry.max_dials)
+            if recovered:
+                await self._hold_maybe_live(now)
+        except StoreError as exc:
+            logger.warning("cluster.reap_failed error=%s (tried again at the next beat)", exc)
+            return
+        for instance in dead:
+            logger.warning("cluster.instance_lost instance=%s heartbeat=%s", instance,
+                           f"{instance.heartbeat_at:%H:%M:%S}")  # fmt: skip
+        if recovered:
+            logger.warning("cluster.recovered attempts=%d mode=%s (their numbers are held %gs)",
+                           recovered, self.recover, self.recover_hold)  # fmt: skip
+        if dead or recovered:
+            self._outbox.wake()  # their undelivered callbacks are this daemon's now
 
     def _log_ready(self) -> None:
         logger.info(
@@ -1089,6 +1136,9 @@ class DispatchHub:
             # No dial while intents cannot be committed: the store logs the outage once.
             await self.store.wait_available()
             await slots.acquire()
+            if self._attempts.shared_room_at > self.clock.monotonic():
+                # A cluster's shared cap or rate is full: asking again before then is no use.
+                await self.clock.sleep_until(self._attempts.shared_room_at)
             source, record = await self._queue.take()
             generation = source.generation
             # Read here too, whether or not a strategy polls (a closed schedule, a slow one).

@@ -85,7 +85,11 @@ class Outbox:
                 try:
                     fetched = await self._deliver_due()
                     full = fetched == self.batch
-                    next_at = None if full else await ob.next_due(self.store.engine)
+                    next_at = (
+                        None
+                        if full
+                        else await ob.next_due(self.store.engine, owner=self.store.owner)
+                    )
                 except StoreUnavailable:
                     if finishing:
                         logger.warning(
@@ -157,6 +161,11 @@ class Outbox:
         deadline = None
         if next_at is not None:
             deadline = self.clock.monotonic() + (next_at - self.clock.now()).total_seconds()
+        if self.store.owner is not None:
+            # In a cluster a row of ours may be unblocked by another daemon's delivery (an
+            # earlier callback of the same record), which wakes nobody here: look again.
+            look = self.clock.monotonic() + self.store.heartbeat_options.interval
+            deadline = look if deadline is None else min(deadline, look)
         await wait_for(event, deadline, self.clock)
 
     async def _deliver_due(self) -> int:
@@ -165,7 +174,7 @@ class Outbox:
         The due rows belong to distinct records (one head per record), so they are delivered
         concurrently without breaking the order within a record.
         """
-        rows = await ob.due(self.store.engine, self.clock.now(), self.batch)
+        rows = await ob.due(self.store.engine, self.clock.now(), self.batch, owner=self.store.owner)
         done: list[int] = []
         failed: list[tuple[ob.OutboxRow, str]] = []
         queue = iter(rows)

@@ -108,10 +108,12 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One frame the fake received: which connection (1, 2, ...) and the decoded frame."""
+    """One frame the fake received (or sent): which connection (1, 2, ...), the decoded
+    frame, and when (the fake's clock, monotonic): the platform's own timeline of calls."""
 
     connection: int
     frame: dict[str, Any]
+    at: float = 0.0
 
     @property
     def event(self) -> str | None:
@@ -409,7 +411,7 @@ class FakePinecall:
 
     async def _send(self, connection: _Connection, frame: dict[str, Any]) -> None:
         await connection.ws.send(json.dumps(frame))
-        self.sent.append(Received(connection.number, frame))
+        self.sent.append(Received(connection.number, frame, self.clock.monotonic()))
         self._changed_now()
 
     async def _sleep(self, seconds: float) -> None:
@@ -422,7 +424,7 @@ class FakePinecall:
 
     def _record(self, connection: _Connection, raw: str | bytes) -> dict[str, Any]:
         frame = json.loads(raw)
-        self.transcript.append(Received(connection.number, frame))
+        self.transcript.append(Received(connection.number, frame, self.clock.monotonic()))
         self._changed_now()
         return frame if isinstance(frame, dict) else {}
 

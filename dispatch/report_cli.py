@@ -87,9 +87,14 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
         why = f": {flag.reason}" if flag.reason else ""
         print(f"paused: {which} since {_time(flag.paused_at)}{why} (dispatch resume)")
     alive = report.alive(settings.store.heartbeat_timeout)
+    total = sum(d.dials_last_hour for d in alive) or 1
     for daemon in alive:
         age = (report.generated_at - daemon.heartbeat_at).total_seconds()
-        print(f"daemon: running on {daemon.host} (pid {daemon.pid}), heartbeat {age:.0f}s ago")
+        share = f"{daemon.dials_last_hour} dials in the last hour"
+        if len(alive) > 1:  # several daemons: each one's share
+            share += f" ({100 * daemon.dials_last_hour / total:.0f}%)"
+        print(f"daemon: running on {daemon.host} (pid {daemon.pid}), heartbeat {age:.0f}s ago, "
+              f"{share}")  # fmt: skip
     if not alive:
         last = max((d.heartbeat_at for d in report.daemons), default=None)
         since = f"; last heartbeat {_time(last)}" if last else ""

@@ -27,7 +27,7 @@ from ..errors import StoreInUse
 from .errors import translated
 from .models import instances
 
-__all__ = ["Instance", "claim", "heartbeat", "release"]
+__all__ = ["Instance", "claim", "heartbeat", "release", "row", "running"]
 
 # The instances this process runs (several hubs may share a process, and a store).
 _RUNNING: set[str] = set()
@@ -134,6 +134,16 @@ async def _lock(conn: AsyncConnection) -> None:
         # lock (waiting out another writer), so the read that follows sees every claim
         # committed before ours and none can commit after it until we are done.
         await conn.execute(delete(instances).where(instances.c.id == ""))
+
+
+def running(me: Instance) -> None:
+    """``me`` is a hub of this process from now on (see :meth:`Instance.gone`)."""
+    _RUNNING.add(me.id)
+
+
+def row(instance: Instance) -> dict[str, object]:
+    """``instance`` as a row of ``instances``."""
+    return _row(instance)
 
 
 def _row(instance: Instance) -> dict[str, object]:

@@ -102,6 +102,7 @@ attempts = Table(
     UniqueConstraint("strategy", "record_id", "number"),
     Index(None, "phone"),
     Index(None, "state"),
+    Index(None, "dialed_at"),  # the rate window of a cluster's claims (migration 0010)
 )
 
 # Strategy callbacks waiting to be delivered. A row is inserted in the same transaction as the
@@ -120,6 +121,7 @@ outbox = Table(
     Column("next_at", UtcDateTime(), nullable=False),
     Column("delivered_at", UtcDateTime()),
     Column("last_error", String(500)),
+    Column("owner", String(64)),  # the daemon that wrote it (instances.id; migration 0010)
     # The worker walks the undelivered rows in id order (migration 0005 says why).
     Index(
         "ix_outbox_undelivered",

@@ -86,10 +86,24 @@ def _heads() -> ColumnElement[bool]:
     return and_(outbox.c.delivered_at.is_(None), ~blocked)
 
 
-async def due(engine: AsyncEngine, now: datetime, limit: int = 500) -> list[OutboxRow]:
-    """The rows to deliver now, oldest first: heads of their record whose time has come."""
+def _deliverable(owner: str | None) -> ColumnElement[bool]:
+    """The heads ``owner`` delivers: all of them (one daemon), or, in a cluster, its own
+    (the rows of daemons that are gone are adopted by one of the others: ``cluster.reap``)."""
+    if owner is None:
+        return _heads()
+    return and_(_heads(), outbox.c.owner == owner)
+
+
+async def due(
+    engine: AsyncEngine, now: datetime, limit: int = 500, *, owner: str | None = None
+) -> list[OutboxRow]:
+    """The rows to deliver now, oldest first: heads of their record whose time has come
+    (``owner``: of this daemon of a cluster, see :func:`_deliverable`)."""
     query = (
-        select(outbox).where(_heads(), outbox.c.next_at <= now).order_by(outbox.c.id).limit(limit)
+        select(outbox)
+        .where(_deliverable(owner), outbox.c.next_at <= now)
+        .order_by(outbox.c.id)
+        .limit(limit)
     )
     with translated("reading the outbox"):
         async with engine.connect() as conn:
@@ -97,9 +111,9 @@ async def due(engine: AsyncEngine, now: datetime, limit: int = 500) -> list[Outb
     return [OutboxRow(row.id, row.deliveries, _callback(row), row.created_at) for row in rows]
 
 
-async def next_due(engine: AsyncEngine) -> datetime | None:
+async def next_due(engine: AsyncEngine, *, owner: str | None = None) -> datetime | None:
     """When the next deliverable row is due, or None if every callback was delivered."""
-    query = select(func.min(outbox.c.next_at)).where(_heads())
+    query = select(func.min(outbox.c.next_at)).where(_deliverable(owner))
     with translated("reading the outbox"):
         async with engine.connect() as conn:
             value: datetime | None = (await conn.execute(query)).scalar_one_or_none()

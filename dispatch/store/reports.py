@@ -45,6 +45,7 @@ class Daemon:
     pid: int
     started_at: datetime
     heartbeat_at: datetime
+    dials_last_hour: int = 0  # its share of the dial starts of the last hour
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class Daemon:
             "pid": self.pid,
             "started_at": self.started_at.isoformat(),
             "heartbeat_at": self.heartbeat_at.isoformat(),
+            "dials_last_hour": self.dials_last_hour,
         }
 
 
@@ -144,6 +146,12 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
         attempts.c.state.in_([AttemptState.DIALING.value, AttemptState.ACTIVE.value])
     )
     recent = select(func.count()).where(attempts.c.dialed_at > now - timedelta(minutes=1))
+    by_owner = (
+        select(attempts.c.owner, func.count().label("dials"))
+        .where(attempts.c.dialed_at > now - timedelta(hours=1))
+        .group_by(attempts.c.owner)
+        .subquery()
+    )
     with translated("reading the status"):
         async with engine.connect() as conn:
             rows = (await conn.execute(by_state)).all()
@@ -157,7 +165,10 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
                         instances.c.pid,
                         instances.c.started_at,
                         instances.c.heartbeat_at,
+                        func.coalesce(by_owner.c.dials, 0),
                     )
+                    .outerjoin(by_owner, by_owner.c.owner == instances.c.id)
+                    .order_by(instances.c.started_at)
                 )
             ).all()
     pending, failing = await backlog(engine)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
-from sqlalchemy import Connection, Executable, and_, bindparam, event, func, select, update
+from sqlalchemy import Connection, Executable, and_, bindparam, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -31,11 +31,12 @@ from sqlalchemy.orm import aliased
 
 from ..abc import CallResult
 from ..clock import Clock, SystemClock
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from ..options import Backoff, RecoverMode
 from ..record import Record
 from ..rules.caps import DialStart, is_refusal
 from ..states import AttemptState, RecordState, SkipReason
+from . import cluster
 from . import instances as inst
 from . import outbox as ob
 from .errors import translated
@@ -61,10 +62,13 @@ _SKIPPED = RecordState.SKIPPED.value
 _INTERRUPTED = RecordState.INTERRUPTED
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
+MIGRATION_LOCK = 0x6D696772617465  # "migrate": the advisory lock of a PostgreSQL upgrade
 CONNECT_TIMEOUT = 10.0  # seconds to open a PostgreSQL connection
 COMMAND_TIMEOUT = 60.0  # seconds one PostgreSQL statement may take
 # Attempts whose call may still be live at the platform: their numbers are held for a while.
 _MAYBE_LIVE = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
+# Record states no write from an intent or a skip may change (a content skip may be redone).
+_FINAL = tuple(s.value for s in RecordState if s.terminal and s is not RecordState.SKIPPED)
 
 
 def async_url(url: str | URL) -> URL:
@@ -171,8 +175,15 @@ class Store:
         retry: Backoff | None = None,
         heartbeat: Heartbeat | None = None,
         clock: Clock | None = None,
+        cluster: bool = False,
     ) -> None:
         self.url = async_url(url)
+        if cluster and self.url.get_backend_name() != "postgresql":
+            raise StoreError(
+                "several daemons on one store ([cluster] enabled) need PostgreSQL: SQLite "
+                "takes one daemon; set [store] url to postgresql://..."
+            )
+        self.cluster = cluster
         self.clock = clock or SystemClock()
         self.retry = retry or Backoff(initial=0.5, maximum=30.0)
         self.heartbeat_options = heartbeat or Heartbeat()
@@ -186,6 +197,11 @@ class Store:
         self._queue_size = queue_size
         # Created by open(): a Store built but never opened holds nothing.
         self._writer: Writer | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """In a cluster, this daemon's id: it delivers its own outbox rows (and the dead's)."""
+        return self.instance.id if self.cluster and self.instance is not None else None
 
     def __repr__(self) -> str:
         # Never render the password (DESIGN guarantee 8).
@@ -227,6 +243,11 @@ class Store:
         """Apply every pending Alembic migration."""
         with translated(f"migrating {self!r}"):
             async with self.engine.begin() as conn:
+                if self.url.get_backend_name() == "postgresql":
+                    # Daemons starting together migrate one after the other: the next finds
+                    # the schema up to date. (SQLite's write lock does the same.)
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": MIGRATION_LOCK})  # fmt: skip
                 await conn.run_sync(upgrade_connection)
 
     def close(self) -> None:
@@ -299,11 +320,20 @@ class Store:
         """Register this process as the store's daemon (see :mod:`dispatch.store.instances`);
         return the dead daemons it replaced. Raises :class:`~dispatch.errors.StoreInUse`."""
         me = inst.Instance.this_process(self.clock.now())
-        replaced = await inst.claim(
-            self.engine, me, expiry=timedelta(seconds=self.heartbeat_options.timeout)
-        )
+        expiry = timedelta(seconds=self.heartbeat_options.timeout)
+        if self.cluster:  # beside the live daemons; the dead ones are removed
+            replaced = await cluster.join(self.engine, me, expiry=expiry)
+        else:
+            replaced = await inst.claim(self.engine, me, expiry=expiry)
         self.instance = me
         return replaced
+
+    async def reap(self) -> list[inst.Instance]:
+        """In a cluster: remove the daemons whose heartbeat expired and return them (their
+        attempts in flight are then recovered: :meth:`recover`)."""
+        assert self.instance is not None, "claim() first"
+        expiry = timedelta(seconds=self.heartbeat_options.timeout)
+        return await cluster.reap(self.engine, self.instance, self.clock.now(), expiry=expiry)
 
     async def beat(self) -> bool:
         """Write this daemon's heartbeat; False if another daemon has taken the store over."""
@@ -383,6 +413,8 @@ class Store:
         ).where(attempts.c.state.in_(_IN_FLIGHT), orphaned)
         with translated("recovering interrupted attempts"):
             async with self.engine.begin() as conn:
+                if self.cluster:  # one daemon at a time recovers (and none claims meanwhile)
+                    await cluster.lock(conn)
                 rows = (await conn.execute(query)).all()
                 if not rows:
                     return 0
@@ -495,30 +527,64 @@ class Store:
         unreachable. Idempotent by ``attempt_id``: after a commit whose result was lost with
         the connection, the same intent may be written again.
         """
-        owner = self.instance.id if self.instance is not None else None
-        await self._write(
-            [
-                (
-                    self._insert_attempt,
-                    {
-                        "id": attempt_id,
-                        "strategy": strategy,
-                        "record_id": record_id,
-                        "number": number,
-                        "phone": phone,
-                        "state": AttemptState.DIALING.value,
-                        "dialed_at": at,
-                        "owner": owner,
-                        "evidence": json.dumps(dict(evidence), default=str) if evidence else None,
-                    },
-                ),
-                (
-                    self._upsert_record,
-                    _record_row(strategy, record_id, phone, RecordState.DIALING, number, at),
-                ),
-            ],
-            held=False,
+        attempt, record = self._intent_rows(
+            attempt_id, strategy, record_id, number, phone, at, evidence
         )
+        await self._write(
+            [(self._insert_attempt, attempt), (self._upsert_record, record)], held=False
+        )
+
+    async def claim_dial(
+        self,
+        *,
+        attempt_id: str,
+        strategy: str,
+        record_id: str,
+        number: int,
+        phone: str,
+        at: datetime,
+        limits: cluster.ClusterLimits,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> cluster.Claim:
+        """In a cluster, :meth:`intent` under every daemon's limits (see
+        :func:`~dispatch.store.cluster.claim_dial`): commit it if they allow, else say why
+        not. Idempotent by ``attempt_id``. An unreachable store raises
+        :class:`~dispatch.errors.StoreUnavailable`, and the writer learns of the outage."""
+        rows = self._intent_rows(attempt_id, strategy, record_id, number, phone, at, evidence)
+        try:
+            return await cluster.claim_dial(
+                self.engine,
+                rows=rows,
+                upsert_record=self._upsert_record,
+                limits=limits,
+                clock=self.clock,
+            )
+        except StoreUnavailable:
+            await self.check()  # raises too; the writer now probes until the store is back
+            raise
+
+    def _intent_rows(
+        self,
+        attempt_id: str,
+        strategy: str,
+        record_id: str,
+        number: int,
+        phone: str,
+        at: datetime,
+        evidence: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        attempt = {
+            "id": attempt_id,
+            "strategy": strategy,
+            "record_id": record_id,
+            "number": number,
+            "phone": phone,
+            "state": AttemptState.DIALING.value,
+            "dialed_at": at,
+            "owner": self.instance.id if self.instance is not None else None,
+            "evidence": json.dumps(dict(evidence), default=str) if evidence else None,
+        }
+        return attempt, _record_row(strategy, record_id, phone, RecordState.DIALING, number, at)
 
     async def restamp(self, attempt_id: str, *, at: datetime) -> None:
         """Commit that the dial of an attempt starts at ``at`` (later than its intent said:
@@ -694,13 +760,14 @@ class Store:
         self._routes = {name: tuple(targets) for name, targets in routes.items()}
 
     def _callback_rows(self, callback: ob.Callback, at: datetime) -> list[dict[str, Any]]:
-        rows = [callback.row(at)]
+        owner = self.owner
+        rows = [callback.row(at) | {"owner": owner}]
         for target in self._routes.get(callback.name, ()):
             # A webhook's row names the strategy the event is about first.
             hook = ob.Callback(
                 target, callback.name, callback.record, (callback.strategy, *callback.args)
             )
-            row = hook.row(at)
+            row = hook.row(at) | {"owner": owner}
             # One lane per record of each strategy: a record "42" of two strategies has two.
             row["record_id"] = f"{callback.strategy}/{callback.record.id}"[:500]
             rows.append(row)
@@ -802,6 +869,12 @@ def _upsert(dialect: Any) -> Executable:
             "updated_at": stmt.excluded.updated_at,
             "retry_at": stmt.excluded.retry_at,
         },
+        # Never over a finished record or a later attempt: in a cluster another daemon may
+        # have moved the record on since this one looked (a skip decided on a stale view).
+        # (`!=` each, not NOT IN: an expanding list cannot go into an executemany.)
+        where=and_(
+            records.c.attempts <= stmt.excluded.attempts, *(records.c.state != s for s in _FINAL)
+        ),
     )
     return upsert
 

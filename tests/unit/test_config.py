@@ -317,13 +317,29 @@ def test_webhooks_take_their_secret_from_a_file_and_never_show_it(tmp_path: Path
         build_hub(load_settings(missing), base=tmp_path)
 
 
-def test_several_webhooks_need_names(tmp_path: Path) -> None:
+def webhook(name: str | None = None) -> str:
+    """A [[webhooks]] table (named ``name``, if given) with a valid secret."""
     import base64
 
     secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-    hook = f'[[webhooks]]\nurl = "https://crm.example/hooks"\nsecret = "{secret}"\n'
-    path = write(tmp_path, MINIMAL + hook + hook)
-    with pytest.raises(ConfigError, match="give each webhook a name"):
+    named = f'name = "{name}"\n' if name else ""
+    return f'[[webhooks]]\n{named}url = "https://crm.example/hooks"\nsecret = "{secret}"\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "error"), [(None, "give each webhook a name"), ("crm", "a name of its own")]
+)
+def test_several_webhooks_need_names_of_their_own(
+    tmp_path: Path, name: str | None, error: str
+) -> None:
+    path = write(tmp_path, MINIMAL + webhook(name) + webhook(name))
+    with pytest.raises(ConfigError, match=error):
+        build_hub(load_settings(path), base=tmp_path)
+
+
+def test_a_cluster_on_sqlite_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "[cluster]\nenabled = true\n")
+    with pytest.raises(ConfigError, match=r"cluster: .*need PostgreSQL.*postgresql://"):
         build_hub(load_settings(path), base=tmp_path)
 
 

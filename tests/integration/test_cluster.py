@@ -1,0 +1,296 @@
+"""Several daemons on one PostgreSQL: claims, the shared limits, instances coming and going,
+and who delivers the callbacks. Each "daemon" here is a Store of its own on the real
+database, as in separate processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from dispatch import Heartbeat, Record, Store
+from dispatch.errors import StoreError, StoreInUse
+from dispatch.rules.caps import Caps
+from dispatch.states import AttemptState, RecordState
+from dispatch.store import DoNotCall, Skipped
+from dispatch.store import outbox as ob
+from dispatch.store.cluster import Claimed, ClusterLimits, NotYet, Taken
+from dispatch.testing import ManualClock
+from tests.conftest import fetch
+from tests.support import PHONES
+
+pytestmark = pytest.mark.anyio
+
+A, B, C = PHONES[:3]
+OPEN = ClusterLimits(max_concurrent=10, max_calls_per_minute=None, window=60.0, hold=600.0,
+                     caps=Caps())  # fmt: skip
+BEAT = Heartbeat(interval=1.0, timeout=3.0)
+
+
+class Daemon:
+    """One daemon's store, registered, with its writer running."""
+
+    def __init__(self, url: str, clock: ManualClock) -> None:
+        self.store = Store(url, clock=clock, heartbeat=BEAT, cluster=True)
+        self.clock = clock
+
+    async def claim(self, record_id: str, phone: str, limits: ClusterLimits = OPEN,
+                    number: int = 1, **kw: Any) -> Any:  # fmt: skip
+        return await self.store.claim_dial(
+            attempt_id=kw.pop("attempt_id", uuid.uuid4().hex),
+            strategy="list",
+            record_id=record_id,
+            number=number,
+            phone=phone,
+            at=self.clock.now(),
+            limits=limits,
+        )
+
+
+@pytest.fixture
+async def daemons(postgres_url: str) -> AsyncIterator[tuple[Daemon, Daemon, ManualClock]]:
+    clock = ManualClock()
+    one, two = Daemon(postgres_url, clock), Daemon(postgres_url, clock)
+    async with anyio.create_task_group() as tg:
+        for daemon in (one, two):
+            await daemon.store.open()
+            await tg.start(daemon.store.run)
+            assert await daemon.store.claim() == []  # the second is not refused
+        yield one, two, clock
+        for daemon in (one, two):
+            daemon.store.close()
+    for daemon in (one, two):
+        await daemon.store.aclose()
+
+
+async def test_a_record_is_claimed_by_one_daemon_and_the_other_learns_its_state(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, _ = daemons
+    assert isinstance(await one.claim("r1", A), Claimed)
+    taken = await two.claim("r1", A)
+    assert taken == Taken(RecordState.DIALING, 1, None)
+    rows = await fetch(one.store.url.render_as_string(False), "SELECT owner FROM attempts")
+    assert rows == [(one.store.instance.id,)]  # type: ignore[union-attr]
+
+
+async def test_a_claim_whose_answer_was_lost_is_claimed_again_by_its_id(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, _, _ = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="same"), Claimed)
+    assert isinstance(await one.claim("r1", A, attempt_id="same"), Claimed)
+
+
+async def test_the_concurrency_cap_and_the_number_are_shared(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, _ = daemons
+    single = ClusterLimits(1, None, 60.0, 600.0, Caps())
+    assert isinstance(await one.claim("r1", A, single), Claimed)
+    full = await two.claim("r2", B, single)
+    assert isinstance(full, NotYet)
+    assert (full.why, full.shared) == ("concurrency", True)
+    busy = await two.claim("r3", A)  # A is in a call at the other daemon
+    assert isinstance(busy, NotYet)
+    assert (busy.why, busy.shared) == ("number in a call", False)
+
+
+async def test_the_rate_window_is_shared_and_says_when_it_opens(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    limits = ClusterLimits(10, 2, 60.0, 600.0, Caps())
+    start = clock.now()
+    assert isinstance(await one.claim("r1", A, limits), Claimed)
+    clock.advance(10)
+    assert isinstance(await two.claim("r2", B, limits), Claimed)
+    clock.advance(10)
+    limited = await one.claim("r3", C, limits)
+    assert limited == NotYet(start + timedelta(seconds=60), "rate limit", shared=True)
+    clock.advance(40)  # the first start leaves the window
+    assert isinstance(await two.claim("r3", C, limits), Claimed)
+
+
+async def test_a_numbers_caps_count_the_dials_of_every_daemon(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    limits = ClusterLimits(10, None, 60.0, 600.0, Caps(per_24h=1))
+    first = clock.now()
+    assert isinstance(await one.claim("r1", A, limits, attempt_id="a1"), Claimed)
+    clock.advance(60)
+    await one.store.finished(
+        attempt_id="a1",
+        strategy="list",
+        record_id="r1",
+        state=AttemptState.COMPLETED,
+        record_state=RecordState.COMPLETED,
+        reason="hangup",
+        call_id="c1",
+        duration=60.0,
+        at=clock.now(),
+    )
+    capped = await two.claim("r2", A, limits)
+    assert capped == NotYet(first + timedelta(days=1), "cap: 1 per 24 h")
+
+
+async def test_a_dead_daemon_is_reaped_only_after_its_heartbeat_expires_and_only_its_calls(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A), Claimed)
+    assert isinstance(await two.claim("r2", B), Claimed)
+    clock.advance(2)
+    assert await two.store.beat()
+    assert await two.store.reap() == []  # one's heartbeat is 2 s old: alive
+    clock.advance(2)  # now 4 s: expired (one stopped beating, as a SIGKILL leaves it)
+    assert await two.store.beat()
+    dead = await two.store.reap()
+    assert [d.id for d in dead] == [one.store.instance.id]  # type: ignore[union-attr]
+    assert await two.store.recover("interrupt", clock.now()) == 1  # r1 only
+    url = one.store.url.render_as_string(False)
+    states = await fetch(url, "SELECT record_id, state FROM attempts ORDER BY record_id")
+    assert states == [("r1", "interrupted"), ("r2", "dialing")]
+    held = await two.claim("r3", A)  # r1's number may still be in a call: held
+    assert held == NotYet(clock.now() + timedelta(seconds=600), "held: may still be in a call")
+
+
+async def test_each_daemon_delivers_its_own_callbacks_and_adopts_the_deads(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    for daemon, record_id in ((one, "r1"), (two, "r2")):
+        record = Record(id=record_id, phone="12")
+        callback = ob.Callback("list", "on_skipped", record, ("invalid_phone",))
+        skip = Skipped("list", record_id, "12", RecordState.SKIPPED, "invalid_phone", 0, callback)
+        await daemon.store.skipped([skip], at=clock.now())
+    mine = await ob.due(two.store.engine, clock.now(), owner=two.store.owner)
+    assert [r.callback.record.id for r in mine] == ["r2"]
+    clock.advance(4)
+    assert await two.store.beat()
+    await two.store.reap()  # one is gone: its rows are two's to deliver
+    adopted = await ob.due(two.store.engine, clock.now(), owner=two.store.owner)
+    assert sorted(r.callback.record.id for r in adopted) == ["r1", "r2"]
+
+
+async def test_a_cluster_needs_postgresql(sqlite_url: str) -> None:
+    with pytest.raises(StoreError, match="need PostgreSQL"):
+        Store(sqlite_url, cluster=True)
+
+
+async def test_daemons_starting_together_migrate_one_after_the_other(postgres_url: str) -> None:
+    stores = [Store(postgres_url) for _ in range(4)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.open)  # each migrates the empty database
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert await fetch(postgres_url, "SELECT version_num FROM alembic_version") == [("0010",)]
+
+
+async def test_a_daemon_judged_dead_claims_nothing_more(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="a1"), Claimed)
+    clock.advance(4)  # one's heartbeat expired: two reaps it and recovers r1
+    assert await two.store.beat()
+    await two.store.reap()
+    assert await two.store.recover("interrupt", clock.now()) == 1
+    with pytest.raises(StoreInUse, match="recovered its calls"):
+        await one.claim("r1", A, attempt_id="a1")  # its lost-answer retry, say
+    with pytest.raises(StoreInUse):
+        await one.claim("r2", B)
+
+
+async def test_two_daemons_recovering_at_once_recover_each_attempt_once(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+    postgres_url: str,
+) -> None:
+    one, two, clock = daemons
+    third = Daemon(postgres_url, clock)
+    await third.store.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(third.store.run)
+        await third.store.claim()
+        for n in range(20):
+            wide = ClusterLimits(100, None, 60.0, 600.0, Caps())
+            assert isinstance(await third.claim(f"r{n}", PHONES[n], wide), Claimed)
+        clock.advance(4)  # the third stops beating
+        counts: list[int] = []
+        for daemon in (one, two):
+            assert await daemon.store.beat()
+        for daemon in (one, two):
+            await daemon.store.reap()
+
+        async def recover(daemon: Daemon) -> None:
+            counts.append(await daemon.store.recover("interrupt", clock.now()))
+
+        async with anyio.create_task_group() as both:
+            both.start_soon(recover, one)
+            both.start_soon(recover, two)
+        third.store.close()
+    await third.store.aclose()
+    assert sorted(counts) == [0, 20]
+    failed = "SELECT count(*) FROM outbox WHERE callback = 'on_failed'"
+    assert await fetch(postgres_url, failed) == [(20,)]
+
+
+async def test_a_skip_decided_on_a_stale_view_never_undoes_another_daemons_outcome(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+    postgres_url: str,
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="a1"), Claimed)
+    await one.store.finished(
+        attempt_id="a1", strategy="list", record_id="r1", state=AttemptState.COMPLETED,
+        record_state=RecordState.COMPLETED, reason="hangup", call_id="c1", duration=1.0,
+        at=clock.now(),
+    )  # fmt: skip
+    skip = Skipped("list", "r1", A, RecordState.SKIPPED, "do_not_call", 0)
+    await two.store.skipped([skip], at=clock.now())
+    rows = await fetch(postgres_url, "SELECT state, attempts FROM records")
+    assert rows == [("completed", 1)]
+
+
+async def test_a_record_fixed_after_a_content_skip_is_claimed(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    skip = Skipped("list", "r1", "12", RecordState.SKIPPED, "invalid_phone", 0)
+    await one.store.skipped([skip], at=clock.now())
+    assert isinstance(await two.claim("r1", A), Claimed)
+
+
+async def test_another_daemons_opt_out_holds_the_number_at_once(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    await one.store.add_do_not_call([DoNotCall(A, "result")], at=clock.now())
+    listed = await two.claim("r1", A)
+    assert isinstance(listed, NotYet)
+    assert listed.why == "do-not-call"
+
+
+async def test_a_live_daemons_unknown_call_holds_its_number_but_no_slot(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    single = ClusterLimits(1, None, 60.0, 600.0, Caps())
+    assert isinstance(await one.claim("r1", A, single, attempt_id="a1"), Claimed)
+    await one.store.finished(
+        attempt_id="a1", strategy="list", record_id="r1", state=AttemptState.UNKNOWN,
+        record_state=RecordState.FAILED, reason="no answer from the platform", call_id=None,
+        duration=None, at=clock.now(),
+    )  # fmt: skip
+    assert isinstance(await two.claim("r2", B, single), Claimed)  # the slot is free
+    held = await two.claim("r3", A)
+    assert isinstance(held, NotYet)
+    assert held.why == "held: may still be in a call"
