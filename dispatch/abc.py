@@ -187,6 +187,16 @@ class Strategy(ABC):
         if self._context is not None:
             self._context.poll_now()
 
+    def listens(self, callback: CallbackName) -> bool:
+        """Whether delivering ``callback`` does anything: ``deliver`` is overridden, or the
+        callback is (a subclass's method, or a function assigned on the instance). The hub
+        writes no outbox row for a callback nobody listens to (its webhooks still get theirs);
+        the check is made as each outcome is committed, so an assignment counts from then."""
+        if type(self).deliver is not Strategy.deliver:
+            return True
+        function = getattr(self, callback)
+        return getattr(function, "__func__", None) is not getattr(Strategy, callback)
+
     async def deliver(self, callback: CallbackName, record: Record, *args: Any) -> None:
         """How the hub hands an outcome to this strategy: calls the named callback (looked up
         at delivery time, so ``strategy.on_completed = fn`` works).
@@ -198,7 +208,7 @@ class Strategy(ABC):
         delivery later.
         """
         function = getattr(self, callback)
-        if getattr(function, "__func__", None) is getattr(Strategy, callback):
+        if not self.listens(callback):
             return  # the default no-op: not worth a thread
         if inspect.iscoroutinefunction(function):
             await function(record, *args)

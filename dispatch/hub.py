@@ -194,6 +194,7 @@ class DispatchHub:
             backoff=callback_backoff,
             webhooks=self._webhooks,
         )
+        self.store.listening = self._outbox.listens  # no rows for callbacks nobody listens to
         self._counters = Counters()
         self.caps = caps or Caps()
         # When the DNC list and the pause flags were last read (monotonic).

@@ -15,11 +15,12 @@ import logging
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import cast
 
 import anyio
 from anyio.abc import TaskStatus
 
-from .abc import Strategy
+from .abc import CallbackName, Strategy
 from .clock import Clock, wait_for
 from .errors import StoreError, StoreUnavailable
 from .options import Backoff
@@ -57,6 +58,12 @@ class Outbox:
         self._finishing = False
         self._finish_event: anyio.Event | None = None
         self._deadline = math.inf
+
+    def listens(self, strategy: str, callback: str) -> bool:
+        """Whether the strategy named ``strategy`` does anything with ``callback`` (an
+        unknown strategy's rows are kept: it may come back with a reload)."""
+        found = self.strategies.get(strategy)
+        return found is None or found.listens(cast(CallbackName, callback))
 
     def wake(self) -> None:
         """New rows were committed: look for due ones now."""

@@ -109,7 +109,15 @@ async def join(engine: AsyncEngine, me: inst.Instance, *, expiry: timedelta) -> 
     inst.running(me)
     with translated("registering this daemon"):
         async with engine.begin() as conn:
+            await lock(conn)
             dead = await _remove_dead(conn, me, expiry, proven=True)
+            alone = await conn.execute(select(instances).where(~instances.c.cluster.is_(True)))
+            for row in alone.all():
+                # A daemon without [cluster] dials without claims: never beside it.
+                raise StoreInUse(
+                    f"store in use by {row.host}:{row.pid}, a daemon without [cluster] "
+                    "enabled: stop it, or enable [cluster] there too"
+                )
             await conn.execute(insert(instances).values(**inst.row(me)))
     return dead
 

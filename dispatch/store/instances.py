@@ -43,10 +43,12 @@ class Instance:
     boot_id: str | None  # the machine's boot and this process's pid namespace
     started_at: datetime
     heartbeat_at: datetime
+    cluster: bool | None = False  # runs with [cluster] enabled
 
     @classmethod
-    def this_process(cls, now: datetime) -> Instance:
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), _boot_id(), now, now)
+    def this_process(cls, now: datetime, *, cluster: bool = False) -> Instance:
+        host, pid = socket.gethostname(), os.getpid()
+        return cls(uuid.uuid4().hex, host, pid, _boot_id(), now, now, cluster)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
@@ -93,8 +95,11 @@ async def _claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> lis
             others = [Instance(**row._mapping) for row in rows]
             for other in others:
                 if other.heartbeat_at > me.heartbeat_at - expiry and not other.gone(me):
+                    several = (
+                        " with [cluster] enabled (enable it here too)" if other.cluster else ""
+                    )
                     raise StoreInUse(
-                        f"store in use by {other} since "
+                        f"store in use by {other}{several} since "
                         f"{other.started_at:%Y-%m-%d %H:%M:%S} UTC (its heartbeat is "
                         f"{(me.heartbeat_at - other.heartbeat_at).total_seconds():.0f}s old; "
                         "stop that daemon first, or wait for its heartbeat to expire if it is "
@@ -154,6 +159,7 @@ def _row(instance: Instance) -> dict[str, object]:
         "boot_id": instance.boot_id,
         "started_at": instance.started_at,
         "heartbeat_at": instance.heartbeat_at,
+        "cluster": instance.cluster,
     }
 
 

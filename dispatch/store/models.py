@@ -159,6 +159,7 @@ instances = Table(
     Column("boot_id", String(64)),  # with host: the same machine since the same boot
     Column("started_at", UtcDateTime(), nullable=False),
     Column("heartbeat_at", UtcDateTime(), nullable=False),
+    Column("cluster", Boolean),  # runs with [cluster] enabled (migration 0010)
 )
 
 # Numbers never to be dialed again, shared by every strategy: an opt-out result adds the

@@ -194,6 +194,9 @@ class Store:
         self._insert_attempt = _INSERT_ATTEMPT[self.url.get_backend_name()]
         self._add_do_not_call = _ADD_DO_NOT_CALL[self.url.get_backend_name()]
         self._routes: dict[str, tuple[str, ...]] = {}  # callback -> webhook targets
+        # (strategy, callback) -> whether a row for the strategy is worth writing (the hub's
+        # answer: a callback left as the base no-op is not); None: every row is written.
+        self.listening: Callable[[str, str], bool] | None = None
         self._queue_size = queue_size
         # Created by open(): a Store built but never opened holds nothing.
         self._writer: Writer | None = None
@@ -319,7 +322,7 @@ class Store:
     async def claim(self) -> list[inst.Instance]:
         """Register this process as the store's daemon (see :mod:`dispatch.store.instances`);
         return the dead daemons it replaced. Raises :class:`~dispatch.errors.StoreInUse`."""
-        me = inst.Instance.this_process(self.clock.now())
+        me = inst.Instance.this_process(self.clock.now(), cluster=self.cluster)
         expiry = timedelta(seconds=self.heartbeat_options.timeout)
         if self.cluster:  # beside the live daemons; the dead ones are removed
             replaced = await cluster.join(self.engine, me, expiry=expiry)
@@ -761,7 +764,8 @@ class Store:
 
     def _callback_rows(self, callback: ob.Callback, at: datetime) -> list[dict[str, Any]]:
         owner = self.owner
-        rows = [callback.row(at) | {"owner": owner}]
+        listened = self.listening is None or self.listening(callback.strategy, callback.name)
+        rows = [callback.row(at) | {"owner": owner}] if listened else []
         for target in self._routes.get(callback.name, ()):
             # A webhook's row names the strategy the event is about first.
             hook = ob.Callback(

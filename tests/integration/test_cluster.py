@@ -294,3 +294,22 @@ async def test_a_live_daemons_unknown_call_holds_its_number_but_no_slot(
     held = await two.claim("r3", A)
     assert isinstance(held, NotYet)
     assert held.why == "held: may still be in a call"
+
+
+async def test_cluster_and_single_daemons_never_share_a_store(postgres_url: str) -> None:
+    clock = ManualClock()
+    single = Store(postgres_url, clock=clock, heartbeat=BEAT)
+    joiner = Store(postgres_url, clock=clock, heartbeat=BEAT, cluster=True)
+    try:
+        await single.open()
+        await joiner.open()
+        await single.claim()
+        with pytest.raises(StoreInUse, match="without \\[cluster\\] enabled"):
+            await joiner.claim()
+        await single.release()
+        await joiner.claim()
+        with pytest.raises(StoreInUse, match="with \\[cluster\\] enabled \\(enable it here"):
+            await single.claim()
+    finally:
+        await single.aclose()
+        await joiner.aclose()

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from dispatch import DispatchHub, Record, RecordState, SkipReason, Store
+from dispatch import DispatchHub, Record, RecordState, SkipReason, Store, Strategy
 from dispatch.outbox import Backoff, Outbox
 from dispatch.store import Skipped
 from dispatch.store.outbox import Callback
@@ -325,3 +325,54 @@ async def test_a_sync_callback_may_ask_for_a_poll_or_stop_the_hub_from_its_threa
         await hub.run()  # returns: r2's callback stopped it
     assert refused == []
     assert [d.to for d in agent.dials] == [A, B]  # and r2's callback stopped the hub
+
+
+class Silent(Strategy):
+    """A strategy that leaves every callback as the base no-op."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__("silent")
+        self.records = records
+
+    async def poll(self) -> list[Record]:
+        return self.records
+
+
+async def test_no_outbox_row_is_written_for_a_callback_nobody_listens_to(sqlite_url: str) -> None:
+    strategy = Silent([rec("r1", PHONES[0]), rec("bad", "12")])
+    completed: list[str] = []
+    strategy.on_completed = lambda record, call_id, reason: completed.append(record.id)  # type: ignore[method-assign]
+    hub = DispatchHub(
+        agent=ScriptedAgent(),
+        strategies=[strategy],
+        store=store_for(sqlite_url, ManualClock()),
+        clock=ManualClock(),
+        exit_when_done=True,
+    )
+    with anyio.fail_after(10):
+        await hub.run()
+    rows = await fetch(sqlite_url, "SELECT record_id, callback FROM outbox ORDER BY id")
+    assert rows == [("r1", "on_completed")]  # not on_dispatched, not on_skipped
+    assert completed == ["r1"]
+    assert not Silent([]).listens("on_completed")
+    assert strategy.listens("on_completed")
+
+
+async def test_a_webhook_still_gets_its_row_when_the_strategy_does_not_listen(
+    sqlite_url: str,
+) -> None:
+    store = Store(sqlite_url)
+    await store.open()
+    store.listening = lambda strategy, callback: False
+    store.route_webhooks({"on_skipped": ["webhook:crm"]})
+    record = Record(id="bad", phone="12")
+    callback = Callback("list", "on_skipped", record, ("invalid_phone",))
+    skip = Skipped("list", "bad", "12", RecordState.SKIPPED, SkipReason.INVALID_PHONE, 0, callback)
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        await store.skipped([skip], at=ManualClock().now())
+        store.close()
+    await store.aclose()
+    assert await fetch(sqlite_url, "SELECT strategy, record_id FROM outbox") == [
+        ("webhook:crm", "list/bad")
+    ]
