@@ -128,7 +128,7 @@ class Attempts:
         number = (known.attempts if known else 0) + 1
         if number > self.retry.max_dials:
             # Never past the cap, whatever put the record here (intake refuses it already).
-            self._give_back(reservation)
+            self.give_back(reservation)
             logger.error(
                 "dial.refused record=%s attempt=%d/%d (no attempts left)",
                 record.id,
@@ -154,7 +154,7 @@ class Attempts:
             else:
                 claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
                 if not self._claimed(source, record, claim):
-                    self._give_back(reservation)
+                    self.give_back(reservation)
                     return
                 assert isinstance(claim, Claimed)
                 dialed_at = claim.at
@@ -162,17 +162,17 @@ class Attempts:
             # Never dial without a committed intent. The store says why once per outage; the
             # record goes back to the queue, and the hub dials nothing until the store is back.
             self._unsure[key] = attempt_id
-            self._give_back(reservation)
+            self.give_back(reservation)
             self.queue.admit(source, record)
             return
         except StoreError as exc:
-            self._give_back(reservation)
+            self.give_back(reservation)
             logger.error("store.intent_failed record=%s error=%s", record.id, exc)
             self.queue.delay(source, record, self.clock.monotonic() + self.poll_interval)
             return
         if not await self._restamp(record, attempt_id, dialed_at):
             source.known[record.id] = KnownRecord.of(RecordState.INTERRUPTED, number)
-            self._give_back(reservation)
+            self.give_back(reservation)
             return
         if reservation is not None and self.limiter is not None:
             await self.limiter.start(reservation)  # the start is counted from now
@@ -223,7 +223,8 @@ class Attempts:
                 return False
         return True
 
-    def _give_back(self, reservation: Reservation | None) -> None:
+    def give_back(self, reservation: Reservation | None) -> None:
+        """Nothing was dialed with ``reservation`` (if any): its room in the window is free."""
         if reservation is not None and self.limiter is not None:
             self.limiter.cancel(reservation)
 

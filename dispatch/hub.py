@@ -1174,8 +1174,7 @@ class DispatchHub:
                 # The wait for the rate may have outlasted the window, or a cap: ask again.
                 verdict = self._gate.check(self._rules[source.name], record, self.clock.now())
                 if not isinstance(verdict, Go):
-                    if reservation is not None and self._attempts.limiter is not None:
-                        self._attempts.limiter.cancel(reservation)
+                    self._attempts.give_back(reservation)
                     await self._not_now(source, record, verdict, slots)
                     continue
             calls.start_soon(self._attempt, source, record, reservation, slots, verdict.evidence)
@@ -1185,8 +1184,7 @@ class DispatchHub:
     ) -> None:
         """Drop a record taken from a strategy a reload removed or replaced since: not
         dialed. A replaced one's new version takes it in again at its next poll."""
-        if reservation is not None and self._attempts.limiter is not None:
-            self._attempts.limiter.cancel(reservation)
+        self._attempts.give_back(reservation)
         self._queue.release(source, record)
         slots.release()
         if not source.retired:

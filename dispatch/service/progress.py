@@ -45,19 +45,21 @@ class ProgressRow:
     paused: bool = False
 
     def log(self) -> None:
-        logger.info(
-            "hub.progress strategy=%s dialed=%d active=%d done=%d remaining=%d "
-            "rate=%.1f/min eta=%s%s",
-            self.strategy, self.dialed, self.active, self.done, self.remaining,
-            self.per_minute, format_eta(self.eta), " paused" if self.paused else "",
-        )  # fmt: skip
+        """The summary as a log line (a template with arguments: JSON lines get the fields)."""
+        logger.info(_SUMMARY, *self._values())
 
     def summary(self) -> str:
-        return (
-            f"hub.progress strategy={self.strategy} dialed={self.dialed} active={self.active} "
-            f"done={self.done} remaining={self.remaining} rate={self.per_minute:.1f}/min "
-            f"eta={format_eta(self.eta)}" + (" paused" if self.paused else "")
-        )
+        return _SUMMARY % self._values()
+
+    def _values(self) -> tuple[object, ...]:
+        paused = " paused" if self.paused else ""
+        return (self.strategy, self.dialed, self.active, self.done, self.remaining,
+                self.per_minute, format_eta(self.eta), paused)  # fmt: skip
+
+
+_SUMMARY = (
+    "hub.progress strategy=%s dialed=%d active=%d done=%d remaining=%d rate=%.1f/min eta=%s%s"
+)
 
 
 class Progress:

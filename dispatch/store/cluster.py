@@ -152,8 +152,7 @@ async def _remove_dead(
     """``proven``: also a daemon whose process is provably gone (a start on its machine)."""
     rows = (await conn.execute(select(instances).where(instances.c.id != me.id))).all()
     others = [inst.Instance(**row._mapping) for row in rows]
-    expired = me.heartbeat_at - expiry
-    dead = [o for o in others if o.heartbeat_at <= expired or (proven and o.gone(me))]
+    dead = [other for other in others if other.dead(me, expiry, proven=proven)]
     if dead:
         await conn.execute(delete(instances).where(instances.c.id.in_([d.id for d in dead])))
     return dead

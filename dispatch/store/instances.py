@@ -53,6 +53,11 @@ class Instance:
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
 
+    def dead(self, me: Instance, expiry: timedelta, *, proven: bool = True) -> bool:
+        """Dead as ``me`` sees it now: its heartbeat is ``expiry`` old (as of ``me``'s), or,
+        with ``proven``, its process is provably gone (see :meth:`gone`)."""
+        return self.heartbeat_at <= me.heartbeat_at - expiry or (proven and self.gone(me))
+
     def gone(self, me: Instance) -> bool:
         """Provably dead: on this machine, since the same boot, in the same pid namespace
         (a container sharing the host's name and boot sees other pids, or none), and no
@@ -94,7 +99,7 @@ async def _claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> lis
             rows = (await conn.execute(select(instances).where(instances.c.id != me.id))).all()
             others = [Instance(**row._mapping) for row in rows]
             for other in others:
-                if other.heartbeat_at > me.heartbeat_at - expiry and not other.gone(me):
+                if not other.dead(me, expiry):
                     several = (
                         " with [cluster] enabled (enable it here too)" if other.cluster else ""
                     )
@@ -107,7 +112,7 @@ async def _claim(engine: AsyncEngine, me: Instance, *, expiry: timedelta) -> lis
                     )
             if others:
                 await conn.execute(delete(instances).where(instances.c.id != me.id))
-            await conn.execute(insert(instances).values(**_row(me)))
+            await conn.execute(insert(instances).values(**row(me)))
     return others
 
 
@@ -148,10 +153,6 @@ def running(me: Instance) -> None:
 
 def row(instance: Instance) -> dict[str, object]:
     """``instance`` as a row of ``instances``."""
-    return _row(instance)
-
-
-def _row(instance: Instance) -> dict[str, object]:
     return {
         "id": instance.id,
         "host": instance.host[:255],
