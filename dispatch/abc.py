@@ -192,8 +192,10 @@ class Strategy(ABC):
         callback is (a subclass's method, or a function assigned on the instance). The hub
         writes no outbox row for a callback nobody listens to (its webhooks still get theirs);
         the check is made as each outcome is committed, so an assignment counts from then."""
-        if type(self).deliver is not Strategy.deliver:
-            return True
+        return type(self).deliver is not Strategy.deliver or self._assigned(callback)
+
+    def _assigned(self, callback: CallbackName) -> bool:
+        """Whether ``callback`` is more than the base no-op (overridden, or assigned)."""
         function = getattr(self, callback)
         return getattr(function, "__func__", None) is not getattr(Strategy, callback)
 
@@ -207,9 +209,9 @@ class Strategy(ABC):
         does), and call ``super().deliver(...)``. An exception makes the hub retry the
         delivery later.
         """
+        if not self._assigned(callback):
+            return  # the default no-op (under an overridden deliver too): not worth a thread
         function = getattr(self, callback)
-        if not self.listens(callback):
-            return  # the default no-op: not worth a thread
         if inspect.iscoroutinefunction(function):
             await function(record, *args)
             return

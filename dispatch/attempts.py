@@ -28,7 +28,6 @@ from .abc import Agent, Call, CallEnd, DialRequest, LateOutcome
 from .clock import Clock
 from .errors import DialInterrupted, DialRejected, DialUnknown, StoreError, StoreUnavailable
 from .options import RetryPolicy
-from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter
 from .queue import DispatchQueue, Source
 from .record import Record
@@ -86,7 +85,6 @@ class Attempts:
     agent: Agent
     clock: Clock
     queue: DispatchQueue
-    outbox: Outbox
     counters: Counters
     retry: RetryPolicy
     from_: str | None
@@ -255,7 +253,6 @@ class Attempts:
                     at=self.clock.now(),
                     callback=Callback(source.name, "on_dispatched", record, (call.id,)),
                 )
-                self.outbox.wake()
             except StoreError as exc:
                 logger.error("store.activate_failed record=%s error=%s", record.id, exc)
             end = await call.wait()
@@ -356,7 +353,6 @@ class Attempts:
                 exc,
             )
             return
-        self.outbox.wake()
         source.known[record.id] = KnownRecord.of(record_state, number, retry_at)
         if record_state is RecordState.RETRY and outcome.state is AttemptState.REJECTED:
             self.rejections[key] = [*earlier, outcome.reason]
@@ -503,7 +499,6 @@ class Attempts:
         source.known[record.id] = KnownRecord.of(record_state, number)
         self._acted(record, action, outcome.reason)
         self.queue.unhold(record.phone)  # the call is over: its number is free
-        self.outbox.wake()
         logger.warning(
             "call.reconciled record=%s call_id=%s state=%s reason=%s (reported after the dial "
             "timed out; not dialed again)",

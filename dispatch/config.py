@@ -214,6 +214,9 @@ class CallbacksConfig(_Section):
     timeout: float = Field(30.0, gt=0, description="Seconds a callback may run.")
     retry_initial: float = Field(1.0, gt=0, description="First retry delay, doubled each time.")
     retry_max: float = Field(300.0, gt=0, description="Longest retry delay.")
+    concurrency: int = Field(
+        100, ge=1, le=10_000, description="Callbacks (of distinct records) delivered at once."
+    )
 
 
 class LoggingConfig(_Section):
@@ -864,6 +867,7 @@ def build_hub(
             callback_backoff=Backoff(
                 settings.callbacks.retry_initial, settings.callbacks.retry_max
             ),
+            callback_concurrency=settings.callbacks.concurrency,
             exit_when_done=exit_when_done,
             **hub_settings(settings, base),
         )

@@ -34,6 +34,7 @@ from .clock import Clock, SystemClock, in_loop, wait_for
 from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .options import Backoff, Pacing, RecoverMode, RetryPolicy
+from .outbox import CONCURRENCY as CALLBACK_CONCURRENCY
 from .outbox import Outbox
 from .pacing import Reservation, SlidingWindowLimiter, Slots
 from .queue import DispatchQueue, Source
@@ -48,6 +49,7 @@ from .store import KnownRecord, Skipped, Store, controls
 from .store.cluster import ClusterLimits
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
+from .workers import Workers
 
 __all__ = ["KEEP", "DispatchHub", "HubStatistics", "Keep", "StrategyStatistics"]
 
@@ -152,6 +154,7 @@ class DispatchHub:
         exit_when_done: bool = False,
         callback_timeout: float = 30.0,
         callback_backoff: Backoff | None = None,
+        callback_concurrency: int = CALLBACK_CONCURRENCY,
         caps: Caps | None = None,
         webhooks: Sequence[WebhookEndpoint] = (),
         clock: Clock | None = None,
@@ -192,9 +195,11 @@ class DispatchHub:
             clock=self.clock,
             timeout=callback_timeout,
             backoff=callback_backoff,
+            concurrency=callback_concurrency,
             webhooks=self._webhooks,
         )
         self.store.listening = self._outbox.listens  # no rows for callbacks nobody listens to
+        self.store.on_callbacks = self._outbox.wake  # committed callbacks are delivered now
         self._counters = Counters()
         self.caps = caps or Caps()
         # When the DNC list and the pause flags were last read (monotonic).
@@ -218,7 +223,6 @@ class DispatchHub:
             agent=agent,
             clock=self.clock,
             queue=self._queue,
-            outbox=self._outbox,
             counters=self._counters,
             retry=self.retry,
             from_=from_,
@@ -399,7 +403,7 @@ class DispatchHub:
             new = [s for s in wanted if by_name.get(s.name) is None or by_name[s.name].strategy
                    is not s or by_name[s.name].retired]  # fmt: skip
             # Everything that may fail first, so a failure changes nothing.
-            known = {s.name: await self.store.known_records(s.name)
+            known = {s.name: (await self.store.known_by_strategy(s.name)).get(s.name, {})
                      for s in new if s.name not in by_name}  # fmt: skip
             sources = {s.name: by_name.get(s.name) or Source(s) for s in new}
             fresh = [s for s in new if sources[s.name].strategy is not s or s.name in known]
@@ -461,7 +465,7 @@ class DispatchHub:
         self,
         new: list[Strategy],
         sources: dict[str, Source],
-        known: dict[str, dict[tuple[str, str], KnownRecord]],
+        known: dict[str, dict[str, KnownRecord]],
         current: dict[str, Source],
     ) -> list[str]:
         """Put each new strategy in its source (a new one, or the one its name had)."""
@@ -470,9 +474,8 @@ class DispatchHub:
             source = sources[strategy.name]
             if strategy.name in known:
                 changes.append(f"strategy added: {strategy.name}")
-                source.known = {r: k for (_, r), k in known[strategy.name].items()}
-                source.terminal_at_start = {r for r, k in source.known.items()
-                                            if k.state.terminal}  # fmt: skip
+                source.known = known[strategy.name]
+                source.terminal_at_start = _terminal(source.known)
             else:
                 verb = "changed" if strategy.name in current else "added"
                 changes.append(f"strategy {verb}: {strategy.name}")
@@ -666,10 +669,10 @@ class DispatchHub:
             )
         await self._restore_pacing(now)
         await self._load_rules(now)
-        known = await self.store.known_records()
+        known = await self.store.known_by_strategy()
         for source in self._sources:
-            source.known = {rid: k for (name, rid), k in known.items() if name == source.name}
-            source.terminal_at_start = {r for r, k in source.known.items() if k.state.terminal}
+            source.known = known.get(source.name, {})
+            source.terminal_at_start = _terminal(source.known)
         for source in self._sources:
             await source.strategy.open(StrategyContext(poll_now=in_loop(source.request_poll)))
 
@@ -839,12 +842,13 @@ class DispatchHub:
     async def _serve(self) -> None:
         assert self._stopping is not None
         async with anyio.create_task_group() as calls:
+            workers = Workers(calls, self._attempt)
             async with anyio.create_task_group() as control:
                 self._control = control
                 for source in self._sources:
                     self._start_source(source)
                 control.start_soon(self._queue.run_timers)
-                control.start_soon(self._dispatch_loop, calls)
+                control.start_soon(self._dispatch_loop, workers)
                 control.start_soon(self._attempts.reconcile_late)
                 try:
                     await self._stopping.wait()
@@ -856,6 +860,7 @@ class DispatchHub:
                     self.store.stop_retrying(after=grace)
                     self._control = None
                     control.cancel_scope.cancel()
+            workers.close()  # nothing more is dialed: each worker ends with its call
             active = self.statistics().active
             if active:
                 logger.info("hub.draining active=%d timeout=%.0fs", active, self.drain_timeout)
@@ -1127,11 +1132,10 @@ class DispatchHub:
             return
         self._counters.skipped += len(skips)
         source.done += len(skips)
-        self._outbox.wake()
 
     # -- dispatching -------------------------------------------------------------------------
 
-    async def _dispatch_loop(self, calls: TaskGroup) -> None:
+    async def _dispatch_loop(self, workers: Workers) -> None:
         slots = self._slots
         while True:
             # No dial while intents cannot be committed: the store logs the outage once.
@@ -1177,7 +1181,7 @@ class DispatchHub:
                     self._attempts.give_back(reservation)
                     await self._not_now(source, record, verdict, slots)
                     continue
-            calls.start_soon(self._attempt, source, record, reservation, slots, verdict.evidence)
+            workers.hand(source, record, reservation, slots, verdict.evidence)
 
     def _let_go(
         self, source: Source, record: Record, reservation: Reservation | None, slots: Slots
@@ -1258,6 +1262,14 @@ async def poll_items(strategy: Strategy) -> AsyncIterator[PollItem]:
         items: Iterable[PollItem] = await result
         for item in items:
             yield item
+
+
+_TERMINAL = frozenset(state.value for state in RecordState if state.terminal)
+
+
+def _terminal(known: dict[str, KnownRecord]) -> set[str]:
+    """The ids of the records that were terminal when the store was read."""
+    return {record_id for record_id, k in known.items() if k.status in _TERMINAL}
 
 
 def _check(strategies: Sequence[Strategy], poll_interval: float) -> None:

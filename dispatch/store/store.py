@@ -65,6 +65,7 @@ _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
 MIGRATION_LOCK = 0x6D696772617465  # "migrate": the advisory lock of a PostgreSQL upgrade
 CONNECT_TIMEOUT = 10.0  # seconds to open a PostgreSQL connection
 COMMAND_TIMEOUT = 60.0  # seconds one PostgreSQL statement may take
+KNOWN_BATCH = 5_000  # records read from the store per trip to the driver
 # Attempts whose call may still be live at the platform: their numbers are held for a while.
 _MAYBE_LIVE = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
 # Record states no write from an intent or a skip may change (a content skip may be redone).
@@ -197,6 +198,8 @@ class Store:
         # (strategy, callback) -> whether a row for the strategy is worth writing (the hub's
         # answer: a callback left as the base no-op is not); None: every row is written.
         self.listening: Callable[[str, str], bool] | None = None
+        # Called once a write that added outbox rows is committed (the hub: wake delivery).
+        self.on_callbacks: Callable[[], None] | None = None
         self._queue_size = queue_size
         # Created by open(): a Store built but never opened holds nothing.
         self._writer: Writer | None = None
@@ -356,6 +359,17 @@ class Store:
     ) -> dict[tuple[str, str], KnownRecord]:
         """Every record the store has acted on (of ``strategy`` only, if given), keyed by
         ``(strategy, record_id)``."""
+        by_strategy = await self.known_by_strategy(strategy)
+        return {(s, r): k for s, known in by_strategy.items() for r, k in known.items()}
+
+    async def known_by_strategy(
+        self, strategy: str | None = None
+    ) -> dict[str, dict[str, KnownRecord]]:
+        """Every record the store has acted on (of ``strategy`` only, if given): strategy ->
+        record id -> what is known.
+
+        Read in batches, each one trip to the driver and a few milliseconds of work, so a
+        store of a million records is read in seconds without stalling the event loop."""
         query = select(
             records.c.strategy,
             records.c.record_id,
@@ -367,18 +381,20 @@ class Store:
         )
         if strategy is not None:
             query = query.where(records.c.strategy == strategy)
+        found: dict[str, dict[str, KnownRecord]] = {}
         with translated("reading the records"):
             async with self.engine.connect() as conn:
                 result = await conn.stream(query)
-                return {
-                    (row.strategy, row.record_id): KnownRecord(
-                        str(row.state),
-                        row.attempts,
-                        row.retry_at,
-                        *((row.reason, row.phone) if row.state == _SKIPPED else ()),
-                    )
-                    async for row in result
-                }
+                async for rows in result.partitions(KNOWN_BATCH):
+                    for name, record_id, state, made, retry_at, reason, phone in rows:
+                        known = found.get(name)
+                        if known is None:
+                            known = found[name] = {}
+                        if state == _SKIPPED:  # only a skip needs its reason and phone
+                            known[record_id] = KnownRecord(state, made, retry_at, reason, phone)
+                        else:
+                            known[record_id] = KnownRecord(state, made, retry_at)
+        return found
 
     async def recover(
         self, mode: RecoverMode, now: datetime, *, max_dials: int | None = None
@@ -585,7 +601,7 @@ class Store:
             "state": AttemptState.DIALING.value,
             "dialed_at": at,
             "owner": self.instance.id if self.instance is not None else None,
-            "evidence": json.dumps(dict(evidence), default=str) if evidence else None,
+            "evidence": _encode_evidence(evidence) if evidence else None,
         }
         return attempt, _record_row(strategy, record_id, phone, RecordState.DIALING, number, at)
 
@@ -786,6 +802,8 @@ class Store:
 
     async def _write(self, statements: Statements, *, held: bool = True) -> None:
         await self._open_writer().write(statements, held=held)
+        if self.on_callbacks is not None and any(s is ob.INSERT for s, _ in statements):
+            self.on_callbacks()
 
 
 @dataclass(frozen=True, slots=True)
@@ -930,6 +948,9 @@ _FINISH_ATTEMPT = (
         refused=bindparam("b_refused"),
     )
 )
+
+# One encoder for every intent's evidence (json.dumps would build one per call).
+_encode_evidence = json.JSONEncoder(default=str).encode
 
 # What the ledger keeps of a transcript: a call of an hour fits; a runaway one is cut.
 TRANSCRIPT_LIMIT = 256 * 1024

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy import Connection, Executable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,17 +45,22 @@ Statements = list[tuple[Executable, dict[str, Any]]]
 
 @dataclass(slots=True)
 class _Write:
-    """One logical write: statements committed atomically, and whether an outage holds it."""
+    """One logical write: statements committed atomically, and whether an outage holds it.
+
+    No event of its own: its caller waits for the event of the round that takes it from the
+    queue, shared by every write of that round. One event per commit instead of one per write
+    is what lets a commit of a thousand writes wake their callers cheaply."""
 
     statements: Statements
     held: bool
-    done: anyio.Event = field(default_factory=anyio.Event)
+    round: anyio.Event  # set when the round that commits it (or tries to) is over
+    done: bool = False
     error: BaseException | None = None
 
     def fail(self, error: BaseException) -> None:
-        if not self.done.is_set():
+        if not self.done:
             self.error = error
-            self.done.set()
+            self.done = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +93,18 @@ class Writer:
         self._clock = clock
         self._backoff = backoff
         self._probe_store = probe
-        self._send: MemoryObjectSendStream[_Write]
-        self._receive: MemoryObjectReceiveStream[_Write]
-        self._send, self._receive = anyio.create_memory_object_stream[_Write](queue_size)
+        # The queue: appended by write(), taken whole by the task. Bounded: a full queue
+        # makes write() wait for room.
+        self._queue: deque[_Write] = deque()
+        self._queue_size = queue_size
+        self._closed = False
+        self._arrived: anyio.Event | None = None  # set by write() while the task waits
+        self._room: anyio.Event | None = None  # set by the task while a write() waits
+        # What a queued write waits for: the event of the next round to take the queue. Each
+        # round takes the current one (into _taken) and sets it once its writes are done, so
+        # a write wakes once, when its own round ends, not at every round before.
+        self._next = anyio.Event()
+        self._taken: list[anyio.Event] = []
         self._commits = 0
         self._rows = 0
         self._held = 0
@@ -124,12 +138,20 @@ class Writer:
         """
         if self._outage is not None and not held:
             raise _fresh(self._outage)
-        write = _Write(statements, held)
-        try:
-            await self._send.send(write)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise StoreError("the store is closed") from exc
-        await write.done.wait()
+        while len(self._queue) >= self._queue_size and not self._closed:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        if self._closed:
+            raise StoreError("the store is closed")
+        write = _Write(statements, held, self._next)
+        self._queue.append(write)
+        if self._arrived is not None:
+            self._arrived.set()
+        # Once queued, a write is committed even if its caller is cancelled meanwhile. (Not
+        # done when woken: held through an outage, it waits for the round that tries again.)
+        while not write.done:
+            await write.round.wait()
         if write.error is not None:
             # A copy for each caller: one exception raised in many tasks would collect every
             # one of their tracebacks (and keep their frames alive) for as long as it lives.
@@ -150,12 +172,14 @@ class Writer:
         at most 10 s more for an unreachable store, unless :meth:`give_up_after` said)."""
         if self._give_up_at is None:
             self.give_up_after(10.0)
-        self._send.close()
+        self._closed = True
+        self._wake_task()
 
     def dispose(self) -> None:
         """Drop the queue (after :meth:`run` returned, or if it never ran)."""
-        self._send.close()
-        self._receive.close()
+        self._closed = True
+        self._wake_task()
+        self._fail_queued(StoreError("the store is closed"))
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
@@ -172,41 +196,69 @@ class Writer:
         """Commit queued writes in groups until :meth:`close`; ride out outages."""
         task_status.started()
         batch: list[_Write] = []
-        async with self._receive:
-            try:
-                while True:
-                    if not batch:
-                        if self._outage is not None and not self._giving_up():
-                            await self._until_back()  # nothing held: probe until it is back
-                            continue
-                        try:
-                            batch.append(await self._receive.receive())
-                        except anyio.EndOfStream:
-                            return
-                    self._drain(batch)
-                    try:
-                        await self._commit(batch)
-                    except StoreUnavailable as exc:
-                        batch = await self._ride_out(batch, exc)
+        try:
+            while True:
+                if not batch:
+                    if self._outage is not None and not self._giving_up():
+                        await self._until_back()  # nothing held: probe until it is back
                         continue
-                    batch = []
-                    if self._outage is not None:
-                        self._back()
-            finally:
-                # Cancelled or closed: nobody may wait for ever for a write that will never
-                # happen. The attempts concerned stay in flight in the store and are recovered
-                # as interrupted on the next start.
+                    if not self._queue:
+                        if self._closed:
+                            return
+                        self._arrived = arrived = anyio.Event()
+                        await arrived.wait()
+                        self._arrived = None
+                        continue
                 self._drain(batch)
-                stopped = StoreError("the store writer stopped")
-                for write in batch:
-                    write.fail(stopped)
+                try:
+                    await self._commit(batch)
+                except StoreUnavailable as exc:
+                    batch = await self._ride_out(batch, exc)
+                    continue
+                self._settle()
+                batch = []
+                if self._outage is not None:
+                    self._back()
+        finally:
+            # Cancelled or closed: nobody may wait for ever for a write that will never
+            # happen. The attempts concerned stay in flight in the store and are recovered
+            # as interrupted on the next start.
+            stopped = StoreError("the store writer stopped")
+            for write in batch:
+                write.fail(stopped)
+            self._closed = True
+            self._fail_queued(stopped)
 
     def _drain(self, batch: list[_Write]) -> None:
-        while True:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
+        """Move every queued write into ``batch`` (a round begins), and make room for more."""
+        if self._queue:
+            batch.extend(self._queue)
+            self._queue.clear()
+            self._taken.append(self._next)
+            self._next = anyio.Event()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    def _settle(self) -> None:
+        """Wake the callers of the writes done (committed or failed) in the rounds taken."""
+        taken, self._taken = self._taken, []
+        for event in taken:
+            event.set()
+
+    def _wake_task(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    def _fail_queued(self, error: BaseException) -> None:
+        batch: list[_Write] = []
+        self._drain(batch)
+        for write in batch:
+            write.fail(error)
+        self._settle()
 
     async def _commit(self, batch: list[_Write]) -> None:
         """Commit ``batch`` in one transaction. A write the database refuses is failed alone
@@ -231,7 +283,7 @@ class Writer:
         self._commits += 1
         self._rows += len(batch)
         for write in batch:
-            write.done.set()
+            write.done = True
 
     async def _ride_out(self, batch: list[_Write], error: StoreUnavailable) -> list[_Write]:
         """An outage: fail the fail-fast writes, keep the held ones, wait, and return what to
@@ -243,7 +295,12 @@ class Writer:
         for write in batch:
             if not write.held or giving_up:
                 write.fail(error)
-        batch = [w for w in batch if not w.done.is_set()]
+        batch = [w for w in batch if not w.done]
+        retry = anyio.Event()  # what the writes kept wait for from now on
+        for write in batch:
+            write.round = retry
+        self._settle()
+        self._taken.append(retry)
         self._held = len(batch)
         self.changed.notify()
         if batch:  # the next try of what is held is the probe

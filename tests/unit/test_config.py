@@ -82,6 +82,14 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
     assert strategy.strategy.path == tmp_path / "leads.csv"  # type: ignore[attr-defined]
 
 
+def test_callback_options_reach_the_outbox(tmp_path: Path) -> None:
+    text = MINIMAL + "\n[callbacks]\ntimeout = 5\nconcurrency = 7\n"
+    hub = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)
+    assert (hub._outbox.timeout, hub._outbox.concurrency) == (5.0, 7)
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_settings(write(tmp_path, MINIMAL + "\n[callbacks]\nconcurrency = 0\n"))
+
+
 def test_a_python_strategy_is_loaded_by_import_path(tmp_path: Path) -> None:
     text = '[[strategies]]\nkind = "python"\npath = "tests.support:ListStrategy"\nname = "crm"\n'
     hub = build_hub(load_settings(write(tmp_path, text)), base=tmp_path)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from dispatch import DispatchHub, Record, RecordState, SkipReason, Store, Strategy
@@ -376,3 +377,30 @@ async def test_a_webhook_still_gets_its_row_when_the_strategy_does_not_listen(
     assert await fetch(sqlite_url, "SELECT strategy, record_id FROM outbox") == [
         ("webhook:crm", "list/bad")
     ]
+
+
+class Writing(Silent):
+    """Overrides ``deliver`` (as the CSV write-back does) and calls the base after its work."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.delivered: list[str] = []
+
+    async def deliver(self, callback: Any, record: Record, *args: Any) -> None:
+        self.delivered.append(callback)
+        await super().deliver(callback, record, *args)
+
+
+async def test_a_base_no_op_callback_under_an_overridden_deliver_takes_no_worker_thread() -> None:
+    strategy = Writing()
+    assert strategy.listens("on_dispatched")  # its deliver does something with every row
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    total = limiter.total_tokens
+    limiter.total_tokens = 1
+    try:
+        async with limiter:  # every worker thread is taken: a thread hop would wait here
+            with anyio.fail_after(5):
+                await strategy.deliver("on_dispatched", rec("r1", A), "call-1")
+    finally:
+        limiter.total_tokens = total
+    assert strategy.delivered == ["on_dispatched"]
