@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 
+import phonenumbers
 import pytest
 
 from dispatch import InvalidPhone, Record, normalize_phone
+from dispatch.record import _already_e164
 
 
 @pytest.mark.parametrize(
@@ -94,3 +97,53 @@ def test_a_deferred_record_builds_its_other_fields_once_on_first_use() -> None:
         normalised.greeting = "other"  # type: ignore[misc]
     with pytest.raises(ValueError, match="id"):
         Record.deferred(id="", phone="+1", fill=fill)
+
+
+def _parsed(text: str) -> str | None:
+    """What the full parse makes of ``text``: its E.164 form, or None if invalid."""
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _e164_samples() -> list[str]:
+    """Every region's example numbers of every type in E.164, the same with a national
+    prefix or a 0 after the country code, and random digits behind every country code."""
+    samples: list[str] = []
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        code = phonenumbers.country_code_for_region(region)
+        for kind in range(12):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            national = str(example.national_number)
+            samples += [f"+{code}{national}", f"+{code}0{national}", f"+{code}1{national}"]
+            samples += [f"+{code}8{national}", f"+{code}{national[:-1]}"]
+    generator = random.Random(17)
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        for _ in range(20):
+            length = generator.randint(6, 14 - len(str(code)))
+            samples.append(f"+{code}{generator.randrange(10**length):0{length}d}")
+    return samples
+
+
+def test_the_e164_fast_path_reads_every_number_as_the_full_parse_does() -> None:
+    samples = _e164_samples()
+    fast = valid = 0
+    for text in samples:
+        quick = _already_e164(text)
+        if quick is not None:
+            fast += 1
+            assert quick == _parsed(text), text
+        expected = _parsed(text)
+        if expected is None:
+            with pytest.raises(InvalidPhone):
+                normalize_phone(text)
+        else:
+            valid += 1
+            assert normalize_phone(text) == expected, text
+    assert fast > valid * 0.6  # and most valid E.164 input takes it
