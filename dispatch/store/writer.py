@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..clock import Clock, Signal, wait_for
@@ -387,4 +387,65 @@ def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
         for statement, params in write.statements:
             grouped.setdefault(id(statement), (statement, []))[1].append(params)
     for statement, rows in grouped.values():
-        conn.execute(statement, rows)
+        plan = _plan(conn.dialect, statement, rows[0])
+        try:
+            positional = None if plan is None else plan.tuples(rows)
+        except KeyError:  # rows of other shapes: SQLAlchemy says what is wrong with them
+            positional = None
+        if plan is None or positional is None:
+            conn.execute(statement, rows)
+        else:
+            conn.exec_driver_sql(plan.sql, positional)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled once for a dialect and a set of parameter names, with what turns
+    each row into the driver's positional parameters (SQLAlchemy's own bind processors)."""
+
+    statement: Executable  # kept alive: the cache is keyed by its id
+    sql: str
+    names: tuple[str, ...]
+    fixed: tuple[Any, ...]  # per position: the value bound in the statement itself, or _ROW
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def tuples(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        spec = list(zip(self.names, self.fixed, self.processors, strict=True))
+        return [
+            tuple(
+                (row[name] if fixed is _ROW else fixed)
+                if process is None
+                else process(row[name] if fixed is _ROW else fixed)
+                for name, fixed, process in spec
+            )
+            for row in rows
+        ]
+
+
+_ROW = object()
+_PLANS: dict[tuple[str, int, tuple[str, ...]], _Plan | None] = {}
+
+
+def _plan(dialect: Dialect, statement: Executable, row: Mapping[str, Any]) -> _Plan | None:
+    """The cached :class:`_Plan` of ``statement`` for rows like ``row``; None for what it does
+    not cover (a statement that is not compiled SQL, or a named paramstyle): executed the
+    usual way. Compiling and processing each row through SQLAlchemy's executemany cost more
+    than the commit itself at a thousand rows a batch."""
+    key = (dialect.name, id(statement), tuple(row))
+    if key in _PLANS:
+        return _PLANS[key]
+    plan = None
+    compiled = statement.compile(dialect=dialect, column_keys=list(row))  # type: ignore[attr-defined]
+    positions = getattr(compiled, "positiontup", None)
+    if dialect.positional and positions is not None:
+        fixed = []
+        processors = []
+        for name in positions:
+            bind = compiled.binds[name]
+            # A parameter the rows must give is taken from each row (a row without it makes
+            # the plan refuse the group); one with its value in the statement is fixed.
+            fixed.append(_ROW if name in row or bind.required else bind.effective_value)
+            processors.append(bind.type.dialect_impl(dialect).bind_processor(dialect))
+        plan = _Plan(statement, compiled.string, tuple(positions), tuple(fixed), tuple(processors))
+    _PLANS[key] = plan
+    return plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -506,3 +507,48 @@ def test_a_process_in_another_pid_namespace_has_another_identity() -> None:
     assert beside == ours
     assert contained.split("/")[0] == ours.split("/")[0]  # the same boot
     assert contained != ours
+
+
+async def test_rows_of_another_shape_in_one_batch_keep_their_own_values(
+    any_store_url: str,
+) -> None:
+    # Rows of one statement go to the driver together, compiled for the first row's names:
+    # a later row with more of them must still have its own values written, and a row short
+    # of one is SQLAlchemy's to judge, never the writer's end.
+    from dispatch.store.store import _FINISH_ATTEMPT
+
+    first = Store(any_store_url)
+    await first.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.run)
+        await intent(first, "a1", "r1")
+        await intent(first, "a2", "r2")
+        first.close()
+    await first.aclose()
+    store = Store(any_store_url)
+    await store.open()
+    later = NOW + timedelta(seconds=5)
+    good = {"b_id": "a2", "b_state": "completed", "b_reason": "hangup", "b_call_id": "c",
+            "b_duration": 1.0, "b_at": later, "b_started_at": None, "b_results": None,
+            "b_transcript": None, "b_refused": None}  # fmt: skip
+    errors: dict[str, BaseException | None] = {}
+
+    async def write(name: str, params: dict[str, Any]) -> None:
+        try:
+            await store._write([(_FINISH_ATTEMPT, params)])
+            errors[name] = None
+        except StoreError as exc:
+            errors[name] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as writes:
+                writes.start_soon(write, "short", {k: v for k, v in good.items() if k != "b_at"})
+                writes.start_soon(write, "good", good | {"b_id": "a1"})
+                await anyio.wait_all_tasks_blocked()  # both queued: the writer takes both
+                await outer.start(store.run)
+            store.close()
+    await store.aclose()
+    rows = await fetch(any_store_url, "SELECT ended_at FROM attempts WHERE id = 'a1'")
+    assert errors["good"] is None
+    assert str(rows[0][0]).startswith(later.strftime("%Y-%m-%d %H:%M:%S"))
