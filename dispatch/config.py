@@ -215,7 +215,7 @@ class CallbacksConfig(_Section):
     retry_initial: float = Field(1.0, gt=0, description="First retry delay, doubled each time.")
     retry_max: float = Field(300.0, gt=0, description="Longest retry delay.")
     concurrency: int = Field(
-        100, ge=1, le=10_000, description="Callbacks (of distinct records) delivered at once."
+        500, ge=1, le=10_000, description="Callbacks (of distinct records) delivered at once."
     )
 
 

@@ -118,6 +118,7 @@ class CsvStrategy(Strategy):
                 encoding=self.file.encoding,
                 delimiter=delimiter,
                 source=None if in_place else self.path,
+                id_column=self._id_column,
             )
             if write_back
             else None
@@ -277,6 +278,10 @@ class CsvStrategy(Strategy):
             record = self.map_row(row, line)
             return record.id if record is not None else None
         return self._bind(list(row)).row_id(list(row.values()))
+
+    def _id_column(self, header: list[str]) -> int | None:
+        """The column whose cell is the record id as it is (for a header), if there is one."""
+        return None if self.map_row is not None else self._bind(header).id_column
 
     def _safe_id(self, bound: Bound, cells: list[str], line: int) -> str | None:
         try:
