@@ -1264,12 +1264,9 @@ async def poll_items(strategy: Strategy) -> AsyncIterator[PollItem]:
             yield item
 
 
-_TERMINAL = frozenset(state.value for state in RecordState if state.terminal)
-
-
 def _terminal(known: dict[str, KnownRecord]) -> set[str]:
     """The ids of the records that were terminal when the store was read."""
-    return {record_id for record_id, k in known.items() if k.status in _TERMINAL}
+    return {record_id for record_id, k in known.items() if k.terminal}
 
 
 def _check(strategies: Sequence[Strategy], poll_interval: float) -> None:

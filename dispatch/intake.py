@@ -125,7 +125,7 @@ def decide(
             return Ignore(record.id, "in a call" if in_flight else "already queued")
         replaces = True
     fixable = incremental and known is not None and known.skipped_for_content
-    if known is not None and known.state.terminal and not fixable:
+    if known is not None and known.terminal and not fixable:
         return Done(record.id, known.state)
     if known is not None and max_dials is not None and known.attempts >= max_dials:
         return Done(record.id, known.state, f"no attempts left ({known.attempts} made)")

@@ -23,12 +23,24 @@ from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
-from sqlalchemy import Connection, Executable, and_, bindparam, event, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import aliased
 
+from .._gc import GcPause
 from ..abc import CallResult
 from ..clock import Clock, SystemClock
 from ..errors import StoreError, StoreUnavailable
@@ -58,6 +70,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
+_STATES = {state.value: state for state in RecordState}
+_TERMINAL = frozenset(state.value for state in RecordState if state.terminal)
 _SKIPPED = RecordState.SKIPPED.value
 _INTERRUPTED = RecordState.INTERRUPTED
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -125,7 +139,12 @@ class KnownRecord(NamedTuple):
 
     @property
     def state(self) -> RecordState:
-        return RecordState(self.status)
+        return _STATES[self.status]
+
+    @property
+    def terminal(self) -> bool:
+        """Never dialed again (``state.terminal``, without building the enum member)."""
+        return self.status in _TERMINAL
 
     @property
     def skipped_for_content(self) -> bool:
@@ -368,32 +387,45 @@ class Store:
         """Every record the store has acted on (of ``strategy`` only, if given): strategy ->
         record id -> what is known.
 
-        Read in batches, each one trip to the driver and a few milliseconds of work, so a
-        store of a million records is read in seconds without stalling the event loop."""
+        Read in batches, each one trip to the driver and a few milliseconds of work, with the
+        cyclic GC off while the batches are taken in (a million new tuples would make it walk
+        the growing heap again and again); records in the same state after as many attempts,
+        with nothing else to say, share one :class:`KnownRecord`."""
+        skipped = records.c.state == _SKIPPED
         query = select(
             records.c.strategy,
             records.c.record_id,
             records.c.state,
             records.c.attempts,
             records.c.retry_at,
-            records.c.reason,
-            records.c.phone,
+            case((skipped, records.c.reason)),  # only a skip needs its reason and phone
+            case((skipped, records.c.phone)),
         )
         if strategy is not None:
             query = query.where(records.c.strategy == strategy)
         found: dict[str, dict[str, KnownRecord]] = {}
-        with translated("reading the records"):
+        shared: dict[tuple[str, int], KnownRecord] = {}
+        with translated("reading the records"), GcPause() as gc_pause:
             async with self.engine.connect() as conn:
-                result = await conn.stream(query)
-                async for rows in result.partitions(KNOWN_BATCH):
+                with gc_pause.resumed():
+                    result = await conn.stream(query)
+                batches = result.partitions(KNOWN_BATCH)
+                while True:
+                    with gc_pause.resumed():  # on while the driver reads
+                        rows = await anext(batches, None)
+                    if rows is None:
+                        break
                     for name, record_id, state, made, retry_at, reason, phone in rows:
                         known = found.get(name)
                         if known is None:
                             known = found[name] = {}
-                        if state == _SKIPPED:  # only a skip needs its reason and phone
-                            known[record_id] = KnownRecord(state, made, retry_at, reason, phone)
+                        if retry_at is None and reason is None:
+                            key = (state, made)
+                            known[record_id] = shared.get(key) or shared.setdefault(
+                                key, KnownRecord(state, made)
+                            )
                         else:
-                            known[record_id] = KnownRecord(state, made, retry_at)
+                            known[record_id] = KnownRecord(state, made, retry_at, reason, phone)
         return found
 
     async def recover(
