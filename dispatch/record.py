@@ -24,6 +24,24 @@ _PARSE_ERRORS = {
 }
 
 
+class _EmptyDict(dict[str, Any]):
+    """The one empty ``metadata`` / ``prompt_vars`` / ``config`` every record without its own
+    shares (three empty dicts were 190 of a queued record's bytes). A dict, for whatever
+    reads or serialises it; changing it in place raises, as changing a frozen record's
+    fields should: ``record.replace(metadata={...})`` makes a record with its own."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a record's empty fields are shared: use record.replace(...)")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
+    __ior__ = _refuse
+
+
+_EMPTY: dict[str, Any] = _EmptyDict()
+
+
 @dataclass(frozen=True, slots=True, init=False, eq=False)
 class Record:
     """One person to call. Frozen; identity is ``(strategy name, id)``.
@@ -35,6 +53,7 @@ class Record:
     A slotted frozen dataclass whose constructor is written out: a campaign builds and holds a
     record per person (a million for a big CSV), so it is kept small (about half a kilobyte)
     and quick to build (about 1 us, where the generated frozen ``__init__`` takes twice that).
+    A field left empty holds one shared, read-only empty dict.
     """
 
     id: str  # unique within its strategy
@@ -76,10 +95,10 @@ class Record:
         _SET["id"](self, id)
         _SET["phone"](self, phone)
         _SET["greeting"](self, greeting)
-        _SET["metadata"](self, {} if metadata is None else metadata)
-        _SET["prompt_vars"](self, {} if prompt_vars is None else prompt_vars)
+        _SET["metadata"](self, _EMPTY if metadata is None else metadata)
+        _SET["prompt_vars"](self, _EMPTY if prompt_vars is None else prompt_vars)
         _SET["from_"](self, from_)
-        _SET["config"](self, {} if config is None else config)
+        _SET["config"](self, _EMPTY if config is None else config)
         _SET["not_before"](self, not_before)
         _SET["not_after"](self, not_after)
         _SET["timezone"](self, timezone)
@@ -153,7 +172,7 @@ class _Deferred(Record):
             return
         values = fill()
         for name in _DEFERRED:
-            empty: dict[str, Any] | None = {} if name in ("metadata", "prompt_vars") else None
+            empty: dict[str, Any] | None = _EMPTY if name in ("metadata", "prompt_vars") else None
             _SET[name](self, values.get(name, empty))
         _FILL(self, None)
 
@@ -184,7 +203,7 @@ def _deferred_field(name: str) -> property:
 for _name in _DEFERRED:
     setattr(_Deferred, _name, _deferred_field(_name))
 # A deferred record keeps the defaults of the fields it cannot have: nothing to store.
-_Deferred.config = property(lambda self: {})  # type: ignore[assignment]
+_Deferred.config = property(lambda self: _EMPTY)  # type: ignore[assignment]
 _Deferred.not_before = _Deferred.not_after = property(lambda self: None)  # type: ignore[assignment]
 _Deferred.priority = property(lambda self: 0)  # type: ignore[assignment]
 _SET_ID = _SET["id"]
