@@ -246,15 +246,20 @@ class Attempts:
         try:
             call = await self.agent.dial(request)
             logger.info("call.started record=%s call_id=%s", record.id, call.id)
-            try:
-                await self.store.activated(
+
+            def failed(error: BaseException, record_id: str = record.id) -> None:
+                logger.error("store.activate_failed record=%s error=%s", record_id, error)
+
+            try:  # not awaited: the call goes on meanwhile (see Store.activated_soon)
+                self.store.activated_soon(
                     attempt_id,
                     call.id,
                     at=self.clock.now(),
                     callback=Callback(source.name, "on_dispatched", record, (call.id,)),
+                    failed=failed,
                 )
             except StoreError as exc:
-                logger.error("store.activate_failed record=%s error=%s", record.id, exc)
+                failed(exc)
             end = await call.wait()
         except DialRejected as exc:
             return _Outcome(AttemptState.REJECTED, exc.reason, _id(call))

@@ -178,7 +178,6 @@ class DispatchQueue:
     async def take(self) -> tuple[Source, Record]:
         """Wait for the next dialable record and mark it (and its number) in flight."""
         while True:
-            changed = self._change_event()
             count = len(self.sources)
             blocked = self._phones_busy
             if self._holds:
@@ -192,7 +191,8 @@ class DispatchQueue:
                         self._phones_busy.add(record.phone)
                         self._rr = (self._rr + offset + 1) % count
                         return source, record
-            await changed.wait()
+            # Nothing dialable: wait for a change (no await since the scan, so none was missed).
+            await self._change_event().wait()
 
     def release(self, source: Source, record: Record) -> None:
         """The record's attempt is over: its number is free again."""

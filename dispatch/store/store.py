@@ -646,10 +646,39 @@ class Store:
         self, attempt_id: str, call_id: str, *, at: datetime, callback: ob.Callback | None = None
     ) -> None:
         """Commit the platform's call id for an attempt (and its ``on_dispatched``)."""
-        statements: Statements = [
-            (_UPDATE_ATTEMPT_CALL, {"b_id": attempt_id, "b_call_id": call_id[:200]})
-        ]
-        await self._write(self._with_callback(statements, callback, at))
+        await self._write(self._activated(attempt_id, call_id, at, callback))
+
+    def activated_soon(
+        self,
+        attempt_id: str,
+        call_id: str,
+        *,
+        at: datetime,
+        callback: ob.Callback | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """:meth:`activated` without waiting for the commit: queued in order with the
+        attempt's later writes (its outcome), held through an outage; ``failed(error)`` if
+        it could not be committed. Nothing depends on it being committed first: it changes
+        an attempt only while it is still dialing, and its ``on_dispatched`` is committed
+        before the outcome's callbacks."""
+        statements = self._activated(attempt_id, call_id, at, callback)
+        has_callbacks = any(s is ob.INSERT for s, _ in statements)
+
+        def then(error: BaseException | None) -> None:
+            if error is None:
+                if has_callbacks and self.on_callbacks is not None:
+                    self.on_callbacks()
+            elif failed is not None:
+                failed(error)
+
+        self._open_writer().submit(statements, then)
+
+    def _activated(
+        self, attempt_id: str, call_id: str, at: datetime, callback: ob.Callback | None
+    ) -> Statements:
+        params = {"b_id": attempt_id, "b_call_id": call_id[:200], "b_state": _ACTIVE}
+        return self._with_callback([(_UPDATE_ATTEMPT_CALL, params)], callback, at)
 
     async def finished(
         self,
@@ -960,11 +989,14 @@ _UPSERT_RECORD = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
 _RESTAMP_ATTEMPT = (
     update(attempts).where(attempts.c.id == bindparam("b_id")).values(dialed_at=bindparam("b_at"))
 )
+# Only while the attempt is dialing: committed after its outcome (the call ended first, in
+# the same batch), it must not make a finished attempt active again.
 _UPDATE_ATTEMPT_CALL = (
     update(attempts)
-    .where(attempts.c.id == bindparam("b_id"))
-    .values(state=AttemptState.ACTIVE.value, call_id=bindparam("b_call_id"))
+    .where(attempts.c.id == bindparam("b_id"), attempts.c.state == AttemptState.DIALING.value)
+    .values(state=bindparam("b_state"), call_id=bindparam("b_call_id"))
 )
+_ACTIVE = AttemptState.ACTIVE.value
 _FINISH_ATTEMPT = (
     update(attempts)
     .where(attempts.c.id == bindparam("b_id"))

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import anyio
@@ -56,11 +57,21 @@ class _Write:
     round: anyio.Event  # set when the round that commits it (or tries to) is over
     done: bool = False
     error: BaseException | None = None
+    # For a write nobody awaits (Writer.submit): told the outcome, None once committed.
+    then: Callable[[BaseException | None], None] | None = None
 
     def fail(self, error: BaseException) -> None:
         if not self.done:
             self.error = error
             self.done = True
+            self.report()
+
+    def report(self) -> None:
+        if self.then is not None:
+            try:
+                self.then(self.error)
+            except Exception:
+                logger.exception("store.write_report_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,22 @@ class Writer:
             # A copy for each caller: one exception raised in many tasks would collect every
             # one of their tracebacks (and keep their frames alive) for as long as it lives.
             raise _fresh(write.error)
+
+    def submit(
+        self,
+        statements: Statements,
+        then: Callable[[BaseException | None], None],
+    ) -> None:
+        """Queue ``statements`` to be committed, held through an outage, like an awaited
+        :meth:`write`, in order with every other write; return at once. ``then(error)`` is
+        called once the write is over: ``None`` once committed, else the error. The queue's
+        bound does not apply (the caller bounds how many it submits). Raises
+        :class:`StoreError` if the store is closed."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        self._queue.append(_Write(statements, True, self._next, then=then))
+        if self._arrived is not None:
+            self._arrived.set()
 
     def give_up_after(self, seconds: float) -> None:
         """``seconds`` from now on (real time), stop waiting for an unreachable store: held
@@ -284,6 +311,8 @@ class Writer:
         self._rows += len(batch)
         for write in batch:
             write.done = True
+            if write.then is not None:
+                write.report()
 
     async def _ride_out(self, batch: list[_Write], error: StoreUnavailable) -> list[_Write]:
         """An outage: fail the fail-fast writes, keep the held ones, wait, and return what to
@@ -380,8 +409,10 @@ def _fresh(error: BaseException) -> BaseException:
 
 def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
     # Group rows by statement, in order of first appearance. Safe because a batch never holds
-    # two writes for one attempt or one record: each write of an attempt waits for the commit
-    # of the previous one, and a record has at most one attempt in flight.
+    # two writes for one attempt or one record that depend on their order: each write of an
+    # attempt waits for the commit of the previous one, a record has at most one attempt in
+    # flight, and the one write not awaited (a call's id, Store.activated) changes an attempt
+    # only while it is still dialing. Rows of one statement keep their order (outbox ids).
     grouped: dict[int, tuple[Executable, list[Mapping[str, Any]]]] = {}
     for write in batch:
         for statement, params in write.statements:
@@ -405,24 +436,27 @@ class _Plan:
 
     statement: Executable  # kept alive: the cache is keyed by its id
     sql: str
-    names: tuple[str, ...]
-    fixed: tuple[Any, ...]  # per position: the value bound in the statement itself, or _ROW
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    names: tuple[str, ...]  # the rows' parameters, in the statement's order
+    tail: tuple[Any, ...]  # then the values bound in the statement itself
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor)
 
     def tuples(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        spec = list(zip(self.names, self.fixed, self.processors, strict=True))
-        return [
-            tuple(
-                (row[name] if fixed is _ROW else fixed)
-                if process is None
-                else process(row[name] if fixed is _ROW else fixed)
-                for name, fixed, process in spec
-            )
-            for row in rows
-        ]
+        get = itemgetter(*self.names)
+        tail = self.tail
+        if len(self.names) == 1:
+            return [(get(row), *tail) for row in rows]
+        if not self.processors:
+            return [get(row) + tail for row in rows]
+        out = []
+        for row in rows:
+            values = list(get(row))
+            for position, process in self.processors:
+                if values[position] is not None:
+                    values[position] = process(values[position])
+            out.append((*values, *tail))
+        return out
 
 
-_ROW = object()
 _PLANS: dict[tuple[str, int, tuple[str, ...]], _Plan | None] = {}
 
 
@@ -437,15 +471,30 @@ def _plan(dialect: Dialect, statement: Executable, row: Mapping[str, Any]) -> _P
     plan = None
     compiled = statement.compile(dialect=dialect, column_keys=list(row))  # type: ignore[attr-defined]
     positions = getattr(compiled, "positiontup", None)
-    if dialect.positional and positions is not None:
-        fixed = []
-        processors = []
-        for name in positions:
-            bind = compiled.binds[name]
-            # A parameter the rows must give is taken from each row (a row without it makes
-            # the plan refuse the group); one with its value in the statement is fixed.
-            fixed.append(_ROW if name in row or bind.required else bind.effective_value)
-            processors.append(bind.type.dialect_impl(dialect).bind_processor(dialect))
-        plan = _Plan(statement, compiled.string, tuple(positions), tuple(fixed), tuple(processors))
+    if dialect.positional and positions:
+        binds = [compiled.binds[name] for name in positions]
+        # A parameter the rows must give comes from each row (a row without it makes the plan
+        # refuse the group); one with its value in the statement is fixed.
+        from_rows = [
+            name in row or bind.required for name, bind in zip(positions, binds, strict=True)
+        ]
+        count = sum(from_rows)
+        if count and all(from_rows[:count]):  # the fixed ones last (a WHERE's constants)
+            processors = []
+            for position, bind in enumerate(binds):
+                process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                if process is not None and position >= count:
+                    break  # a fixed value to process: not planned, SQLAlchemy does it
+                if process is not None:
+                    processors.append((position, process))
+            else:
+                tail = tuple(bind.effective_value for bind in binds[count:])
+                plan = _Plan(
+                    statement,
+                    compiled.string,
+                    tuple(positions[:count]),
+                    tail,
+                    tuple(processors),
+                )
     _PLANS[key] = plan
     return plan

@@ -106,6 +106,53 @@ async def test_an_attempt_moves_from_intent_to_outcome(store: Store) -> None:
     assert await store.known_records() == {("s", "r1"): KnownRecord(RecordState.COMPLETED, 1)}
 
 
+async def test_a_call_id_committed_after_the_outcome_leaves_the_attempt_finished(
+    store: Store,
+) -> None:
+    # Store.activated_soon is not awaited: with a call that ends at once, the outcome may be
+    # committed first (in the same batch, statements grouped). The call id must not make the
+    # finished attempt active again; its on_dispatched still comes first in the outbox.
+    from dispatch import Record
+    from dispatch.store import outbox as ob
+
+    r1 = Record(id="r1", phone="+14155552671")
+    await intent(store, "a1", "r1")
+    completed = ob.Callback("s", "on_completed", r1, ("c1", "hangup"))
+    await finish(store, "a1", "r1", call_id="c1", duration=1.0, callback=completed)
+    await store.activated("a1", "c1", at=NOW)
+    assert await fetch(_plain(store), "SELECT state, call_id FROM attempts") == [
+        ("completed", "c1")
+    ]
+
+
+async def test_a_call_id_not_awaited_is_committed_before_the_outcome_after_it(
+    store: Store,
+) -> None:
+    from dispatch import Record
+    from dispatch.store import outbox as ob
+
+    r1 = Record(id="r1", phone="+14155552671")
+    await intent(store, "a1", "r1")
+    woken: list[str] = []
+    store.on_callbacks = lambda: woken.append("wake")
+    failures: list[BaseException] = []
+    store.activated_soon(
+        "a1",
+        "c1",
+        at=NOW,
+        callback=ob.Callback("s", "on_dispatched", r1, ("c1",)),
+        failed=failures.append,
+    )
+    completed = ob.Callback("s", "on_completed", r1, ("c1", "hangup"))
+    await finish(store, "a1", "r1", call_id="c1", duration=1.0, callback=completed)
+    assert await fetch(_plain(store), "SELECT callback FROM outbox ORDER BY id") == [
+        ("on_dispatched",),
+        ("on_completed",),
+    ]
+    assert failures == []
+    assert woken == ["wake", "wake"]
+
+
 async def test_concurrent_writes_are_committed_in_groups(store: Store) -> None:
     async with anyio.create_task_group() as tg:
         for n in range(200):

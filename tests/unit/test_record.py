@@ -152,11 +152,13 @@ def test_the_e164_fast_path_reads_every_number_as_the_full_parse_does() -> None:
 def test_records_without_their_own_dicts_share_one_that_cannot_be_changed() -> None:
     a, b = Record(id="a", phone="+14155550100"), Record(id="b", phone="+14155550101")
     assert a.metadata is b.metadata is a.prompt_vars is a.config
-    assert a.metadata == {} and json.dumps(a.to_json()["metadata"]) == "{}"
+    assert a.metadata == {}
+    assert json.dumps(a.to_json()["metadata"]) == "{}"
     with pytest.raises(TypeError, match="replace"):
         a.metadata["x"] = 1
     with pytest.raises(TypeError):
         a.config.update(voice="x")
     assert b.metadata == {}  # no other record sees a change
     own = a.replace(metadata={"x": 1})
-    assert own.metadata == {"x": 1} and a.metadata == {}
+    assert own.metadata == {"x": 1}
+    assert a.metadata == {}
