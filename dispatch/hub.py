@@ -26,7 +26,7 @@ import anyio.lowlevel
 from aiolimiter import AsyncLimiter
 from anyio.abc import TaskGroup
 
-from ._gc import GcPause
+from ._gc import GcPause, young_threshold_raised
 from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
 from .admission import Admission
 from .attempts import START_MARGIN, Attempts, Counters
@@ -616,6 +616,15 @@ class DispatchHub:
         if self._stop_requested:
             self._stopping.set()
         try:
+            with young_threshold_raised():
+                await self._run(task_status)
+        finally:
+            self._running = False
+            self._stop_in_loop = None
+        self._log_summary()
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
             await self._open()
             async with anyio.create_task_group() as outer:
                 await outer.start(self._run_store)
@@ -639,9 +648,6 @@ class DispatchHub:
                     self.store.close()
         finally:
             await self._close()
-            self._running = False
-            self._stop_in_loop = None
-        self._log_summary()
 
     async def _run_store(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Shielded: if the hub is cancelled, calls in flight still record their outcome

@@ -14,8 +14,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,8 +35,10 @@ class Source:
 
     strategy: Strategy
     known: dict[str, KnownRecord] = field(default_factory=dict)
-    pending: dict[str, Record] = field(default_factory=dict)  # insertion-ordered
-    taken: int = 0  # entries deleted from `pending` since it was last compacted
+    pending: dict[str, Record] = field(default_factory=dict)  # by id; `order` says the order
+    # The pending ids in the order they were queued; may also hold ids no longer pending
+    # (taken, withdrawn), dropped as they are met: see `take_first`.
+    order: deque[str] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)
     waiting: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (due, entry)
     why: dict[str, str] = field(default_factory=dict)  # id -> what a waiting one waits for
@@ -74,19 +76,37 @@ class Source:
     def name(self) -> str:
         return self.strategy.name
 
-    def take(self, record_id: str) -> None:
-        """Remove ``record_id`` from ``pending``, taken for dialing.
+    def put(self, record: Record) -> None:
+        """Queue ``record`` (a new version of a pending one keeps its place)."""
+        if record.id not in self.pending:
+            self.order.append(record.id)
+            if len(self.order) > 2 * len(self.pending) + 64:
+                # Mostly ids no longer pending (withdrawn, and queued again): drop those.
+                self.order = deque(i for i in dict.fromkeys(self.order) if i in self.pending)
+                self.order.append(record.id)
+        self.pending[record.id] = record
 
-        A dict does not shrink when entries are deleted: iterating it walks the holes its
-        deleted entries left, so taking records from the front of a large queue one by one
-        would cost O(n) each. It is copied, compacting it, once as many entries were taken
-        as it still holds (amortised O(1) per record).
-        """
-        del self.pending[record_id]
-        self.taken += 1
-        if self.taken > 64 and self.taken > len(self.pending):
-            self.pending = dict(self.pending)
-            self.taken = 0
+    def take_first(self, blocked: Set[str]) -> Record | None:
+        """Remove and return the first pending record whose number is not in ``blocked``.
+
+        O(1) for the first record of the queue, however many were taken before it (a dict
+        walks the holes its deleted entries leave: a take at 300,000 records walked 75,000 of
+        them on average). Records passed over for a blocked number are passed over again
+        next time: at most one per call in flight."""
+        order, pending = self.order, self.pending
+        while order and order[0] not in pending:
+            order.popleft()
+        for index, record_id in enumerate(order):
+            record = pending.get(record_id)
+            if record is None or record.phone in blocked:
+                continue
+            del pending[record_id]
+            if index == 0:
+                order.popleft()
+            else:
+                del order[index]
+            return record
+        return None
 
     def queued_ids(self) -> list[str]:
         """The records queued and not in flight (pending, or waiting for a time)."""
@@ -127,7 +147,7 @@ class DispatchQueue:
         return not any(s.pending or s.in_flight or s.waiting for s in self.sources)
 
     def admit(self, source: Source, record: Record) -> None:
-        source.pending[record.id] = record
+        source.put(record)
         self.notify()
 
     def delay(self, source: Source, record: Record, until: float, why: str = "") -> None:
@@ -184,13 +204,12 @@ class DispatchQueue:
                 blocked = blocked | self._holds.keys()
             for offset in range(count):
                 source = self.sources[(self._rr + offset) % count]
-                for record_id, record in source.pending.items():
-                    if record.phone not in blocked:
-                        source.take(record_id)
-                        source.in_flight.add(record_id)
-                        self._phones_busy.add(record.phone)
-                        self._rr = (self._rr + offset + 1) % count
-                        return source, record
+                record = source.take_first(blocked)
+                if record is not None:
+                    source.in_flight.add(record.id)
+                    self._phones_busy.add(record.phone)
+                    self._rr = (self._rr + offset + 1) % count
+                    return source, record
             # Nothing dialable: wait for a change (no await since the scan, so none was missed).
             await self._change_event().wait()
 

@@ -584,3 +584,32 @@ async def test_a_retry_delay_survives_a_restart(sqlite_url: str) -> None:
         (2, "completed"),
     ]
     assert await fetch(sqlite_url, "SELECT state, retry_at FROM records") == [("completed", None)]
+
+
+async def test_the_young_gc_generation_is_collected_rarely_while_the_hub_runs(
+    sqlite_url: str,
+) -> None:
+    import gc
+
+    from dispatch._gc import YOUNG_THRESHOLD
+
+    seen: list[int] = []
+
+    class Looking(ListStrategy):
+        async def poll(self) -> list[Any]:
+            seen.append(gc.get_threshold()[0])
+            return await super().poll()
+
+    before = gc.get_threshold()
+    clock = ManualClock()
+    hub = DispatchHub(
+        agent=ScriptedAgent(),
+        strategies=[Looking([rec("r1", PHONES[0])])],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        exit_when_done=True,
+    )
+    with anyio.fail_after(10):
+        await hub.run()
+    assert seen == [YOUNG_THRESHOLD]
+    assert gc.get_threshold() == before  # and put back afterwards

@@ -144,3 +144,17 @@ def test_waiting_records_are_counted_by_what_they_wait_for() -> None:
     q.delay(source, rec("r4", PHONES[4]), 10.0)  # a retry
     q.withdraw(source, "r2")
     assert source.waiting_reasons() == {"outside hours": 1, "cap": 1, "retry or not_before": 1}
+
+
+async def test_a_record_withdrawn_and_queued_again_many_times_is_taken_once_in_order() -> None:
+    q = queue("s")
+    [source] = q.sources
+    q.admit(source, rec("first", A))
+    for _ in range(500):  # an incremental source replacing a queued row poll after poll
+        q.withdraw(source, "again")
+        q.admit(source, rec("again", B))
+    q.admit(source, rec("last", C))
+    assert len(source.order) <= 2 * len(source.pending) + 65  # what was withdrawn is dropped
+    assert [(await q.take())[1].id for _ in range(3)] == ["first", "again", "last"]
+    assert not source.pending
+    assert not source.take_first(set())
