@@ -8,6 +8,11 @@ import sys
 MODULES = [
     "bench.limiter",
     "bench.hub_throughput",
+    "bench.peer",
+    "bench.ceiling",
+    "bench.scaling",
+    "bench.large_start",
+    "bench.realistic",
     "bench.csv_read",
     "bench.sql_poll",
     "bench.memory",

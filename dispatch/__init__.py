@@ -6,7 +6,6 @@ from dispatch import DispatchHub, Record, Strategy, SimulatedAgent
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 # The public names load on first use (PEP 562), so `dispatch --help` and tools that import one
@@ -111,6 +110,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata takes longer to import than the CLI
+        globals()[name] = value = _version()
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dispatch' has no attribute {name!r}")
@@ -123,10 +125,14 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-try:
-    __version__ = version("pinecall-dispatch")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pinecall-dispatch")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0+unknown"
+
 
 __all__ = [
     "KEEP",

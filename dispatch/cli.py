@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from . import __version__
 from .errors import ConfigError, DispatchError, StoreUnavailable, dispatch_error_in
 
 if TYPE_CHECKING:
@@ -34,11 +33,22 @@ EXIT_USAGE = 2
 logger = logging.getLogger("dispatch.cli")
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked for (importlib.metadata is
+    slower to import than everything ``dispatch --help`` needs)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from . import __version__
+
+        sys.stdout.write(f"{parser.prog} {__version__}\n")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatch", description="Run outbound voice-AI call campaigns."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the dispatcher (the daemon)")

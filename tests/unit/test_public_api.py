@@ -61,10 +61,25 @@ def test_the_command_line_starts_without_the_heavy_dependencies() -> None:
 
     probe = (
         "import sys, dispatch.cli; "
-        "print(sorted(m for m in ('sqlalchemy', 'pydantic', 'phonenumbers', 'anyio._backends') "
-        "if m in sys.modules))"
+        "print(sorted(m for m in ('sqlalchemy', 'pydantic', 'phonenumbers', 'anyio._backends', "
+        "'importlib.metadata') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatch.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.split()[-1] == version("pinecall-dispatch") == dispatch.__version__
