@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
@@ -192,12 +193,7 @@ class Strategy(ABC):
         callback is (a subclass's method, or a function assigned on the instance). The hub
         writes no outbox row for a callback nobody listens to (its webhooks still get theirs);
         the check is made as each outcome is committed, so an assignment counts from then."""
-        return type(self).deliver is not Strategy.deliver or self._assigned(callback)
-
-    def _assigned(self, callback: CallbackName) -> bool:
-        """Whether ``callback`` is more than the base no-op (overridden, or assigned)."""
-        function = getattr(self, callback)
-        return getattr(function, "__func__", None) is not getattr(Strategy, callback)
+        return type(self).deliver is not Strategy.deliver or _assigned(self, callback)
 
     async def deliver(self, callback: CallbackName, record: Record, *args: Any) -> None:
         """How the hub hands an outcome to this strategy: calls the named callback (looked up
@@ -209,14 +205,16 @@ class Strategy(ABC):
         does), and call ``super().deliver(...)``. An exception makes the hub retry the
         delivery later.
         """
-        if not self._assigned(callback):
+        if not _assigned(self, callback):
             return  # the default no-op (under an overridden deliver too): not worth a thread
         function = getattr(self, callback)
         if inspect.iscoroutinefunction(function):
             await function(record, *args)
             return
         result = await anyio.to_thread.run_sync(
-            lambda: function(record, *args), abandon_on_cancel=True
+            lambda: function(record, *args),
+            abandon_on_cancel=True,
+            limiter=CALLBACK_THREADS.get(),
         )
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             await result
@@ -243,6 +241,20 @@ class Strategy(ABC):
     def on_skipped(self, record: Record, reason: str) -> CallbackResult:
         """Admission refused the record (``invalid_phone``, ``expired`` ...); never dialed."""
         return None
+
+
+# The worker threads plain callbacks run in, while the outbox delivers them (set in its
+# task): their own, so a burst of slow callbacks never takes the threads a CSV poll or its
+# write-back waits for (anyio's default limiter). None: anyio's default.
+CALLBACK_THREADS: ContextVar[anyio.CapacityLimiter | None] = ContextVar(
+    "callback_threads", default=None
+)
+
+
+def _assigned(strategy: Strategy, callback: CallbackName) -> bool:
+    """Whether ``callback`` is more than the base no-op (overridden, or assigned)."""
+    function = getattr(strategy, callback)
+    return getattr(function, "__func__", None) is not getattr(Strategy, callback)
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,9 +237,10 @@ class Attempts:
             dispatch_id=attempt_id,
             from_=record.from_ or self.from_,
             greeting=record.greeting,
-            metadata=record.metadata,
-            prompt_vars=record.prompt_vars,
-            config=config,
+            # An agent may change its request's dicts: never the one records share.
+            metadata=record.metadata or {},
+            prompt_vars=record.prompt_vars or {},
+            config=config or {},
             detect_turn_end=detect_turn_end,
         )
         call: Call | None = None

@@ -20,7 +20,7 @@ from typing import cast
 import anyio
 from anyio.abc import TaskStatus
 
-from .abc import CallbackName, Strategy
+from .abc import CALLBACK_THREADS, CallbackName, Strategy
 from .clock import Clock, wait_for
 from .errors import StoreError, StoreUnavailable
 from .options import Backoff
@@ -37,6 +37,7 @@ __all__ = ["CONCURRENCY", "Backoff", "Outbox"]
 # (sync) callback still runs in one of anyio's worker threads, 40 at most; an async one that
 # calls a service which takes fewer requests at once wants `[callbacks] concurrency` lower.
 CONCURRENCY = 500
+THREADS = 32  # worker threads for plain (sync) callbacks, apart from anyio's default 40
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Outbox:
         self.wake()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        CALLBACK_THREADS.set(anyio.CapacityLimiter(THREADS))  # this task's (and its workers')
         self._finish_event = anyio.Event()
         if self._finishing:
             self._finish_event.set()

@@ -77,7 +77,8 @@ class Source:
         return self.strategy.name
 
     def put(self, record: Record) -> None:
-        """Queue ``record`` (a new version of a pending one keeps its place)."""
+        """Queue ``record``. A new version of a pending record keeps its place; so does one
+        withdrawn and queued again before the queue reached it (its first place is kept)."""
         if record.id not in self.pending:
             self.order.append(record.id)
             if len(self.order) > 2 * len(self.pending) + 64:

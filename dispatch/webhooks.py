@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .abc import CallResult
 from .clock import Clock
 
@@ -45,6 +47,7 @@ EVENTS = {
 }
 PREFIX = "webhook:"
 REST = 5.0  # seconds an endpoint that did not answer is left alone
+CONNECTIONS = 100  # open connections (and requests at once) over every endpoint
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class Webhooks:
         # timeout, which would hold the outbox's pass, strategy callbacks included.
         self._resting: dict[str, float] = {}  # target -> monotonic time it may be tried
         self._client: httpx.AsyncClient | None = None
+        self._connections: anyio.CapacityLimiter | None = None  # with the client
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -169,10 +173,14 @@ class Webhooks:
             "webhook-signature": Webhook(endpoint.secret).sign(message_id, now, payload),
         }
         client = self._open()
+        assert self._connections is not None
         try:
-            response = await client.post(
-                endpoint.url, content=payload, headers=headers, timeout=endpoint.timeout
-            )
+            # A connection first (the outbox delivers hundreds at once; the client keeps
+            # CONNECTIONS): waiting for one is not the endpoint's fault, nor its timeout.
+            async with self._connections:
+                response = await client.post(
+                    endpoint.url, content=payload, headers=headers, timeout=endpoint.timeout
+                )
         except BaseException as exc:  # httpx's errors (or the outbox's timeout), without
             # the headers (the signature)
             self._resting[endpoint.target] = time.monotonic() + REST
@@ -199,7 +207,9 @@ class Webhooks:
             from .logs import quiet_http_logs
 
             quiet_http_logs()
-            self._client = httpx.AsyncClient(follow_redirects=False)
+            limits = httpx.Limits(max_connections=CONNECTIONS)
+            self._client = httpx.AsyncClient(follow_redirects=False, limits=limits)
+            self._connections = anyio.CapacityLimiter(CONNECTIONS)
         return self._client
 
 

@@ -405,27 +405,17 @@ class Store:
             query = query.where(records.c.strategy == strategy)
         found: dict[str, dict[str, KnownRecord]] = {}
         shared: dict[tuple[str, int], KnownRecord] = {}
-        with translated("reading the records"), GcPause() as gc_pause:
+        with translated("reading the records"):
             async with self.engine.connect() as conn:
-                with gc_pause.resumed():
-                    result = await conn.stream(query)
+                result = await conn.stream(query)
                 batches = result.partitions(KNOWN_BATCH)
-                while True:
-                    with gc_pause.resumed():  # on while the driver reads
-                        rows = await anext(batches, None)
-                    if rows is None:
-                        break
-                    for name, record_id, state, made, retry_at, reason, phone in rows:
-                        known = found.get(name)
-                        if known is None:
-                            known = found[name] = {}
-                        if retry_at is None and reason is None:
-                            key = (state, made)
-                            known[record_id] = shared.get(key) or shared.setdefault(
-                                key, KnownRecord(state, made)
-                            )
-                        else:
-                            known[record_id] = KnownRecord(state, made, retry_at, reason, phone)
+                with GcPause() as gc_pause:
+                    while True:
+                        with gc_pause.resumed():  # on while the driver reads
+                            rows = await anext(batches, None)
+                        if rows is None:
+                            break
+                        _take_known(rows, found, shared)
         return found
 
     async def recover(
@@ -902,6 +892,23 @@ class StoreStatistics:
     @property
     def writes_per_commit(self) -> float:
         return self.writes / self.commits if self.commits else math.nan
+
+
+def _take_known(
+    rows: Sequence[Any],
+    found: dict[str, dict[str, KnownRecord]],
+    shared: dict[tuple[str, int], KnownRecord],
+) -> None:
+    """Add a batch of (strategy, id, state, attempts, retry_at, reason, phone) rows."""
+    for name, record_id, state, made, retry_at, reason, phone in rows:
+        known = found.get(name)
+        if known is None:
+            known = found[name] = {}
+        if retry_at is None and reason is None:
+            key = (state, made)
+            known[record_id] = shared.get(key) or shared.setdefault(key, KnownRecord(state, made))
+        else:
+            known[record_id] = KnownRecord(state, made, retry_at, reason, phone)
 
 
 def _record_row(

@@ -28,6 +28,7 @@ from operator import itemgetter
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -147,6 +148,9 @@ class Writer:
         for a held one once the writer gave up, see :meth:`give_up_after`), :class:`StoreError`
         if the database refuses the write.
         """
+        # A caller already cancelled writes nothing (an intent for a dial that will not
+        # happen would be recovered as interrupted, and its record never dialed).
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._outage is not None and not held:
             raise _fresh(self._outage)
         while len(self._queue) >= self._queue_size and not self._closed:
@@ -421,8 +425,8 @@ def _apply(conn: Connection, batch: Sequence[_Write]) -> None:
         plan = _plan(conn.dialect, statement, rows[0])
         try:
             positional = None if plan is None else plan.tuples(rows)
-        except KeyError:  # rows of other shapes: SQLAlchemy says what is wrong with them
-            positional = None
+        except Exception:  # rows of another shape, a value of the wrong type: SQLAlchemy
+            positional = None  # raises what it raises (a StatementError fails the write alone)
         if plan is None or positional is None:
             conn.execute(statement, rows)
         else:
@@ -441,10 +445,8 @@ class _Plan:
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor)
 
     def tuples(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        get = itemgetter(*self.names)
-        tail = self.tail
-        if len(self.names) == 1:
-            return [(get(row), *tail) for row in rows]
+        names, tail = self.names, self.tail
+        get = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
         if not self.processors:
             return [get(row) + tail for row in rows]
         out = []

@@ -607,3 +607,50 @@ def test_the_shipped_head_names_the_newest_migration() -> None:
     # A start on an up-to-date store skips Alembic by comparing with this constant: a new
     # migration must move it, or stores would never be upgraded to it.
     assert head_revision() == SHIPPED_HEAD
+
+
+async def test_a_value_of_the_wrong_type_fails_its_write_alone(store: Store) -> None:
+    # A third-party agent's end with a start time that is not a datetime: that write is
+    # refused, the writer goes on, and the writes around it are committed.
+    await intent(store, "a1", "r1")
+    await intent(store, "a2", "r2")
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def end(attempt: str, record: str, started_at: Any) -> None:
+        try:
+            await store.finished(
+                attempt_id=attempt,
+                strategy="s",
+                record_id=record,
+                state=AttemptState.COMPLETED,
+                record_state=RecordState.COMPLETED,
+                reason="hangup",
+                call_id=None,
+                duration=1.0,
+                at=NOW,
+                started_at=started_at,
+            )
+            outcomes[attempt] = None
+        except StoreError as exc:
+            outcomes[attempt] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(end, "a1", "r1", "yesterday")
+            tg.start_soon(end, "a2", "r2", NOW)
+    assert isinstance(outcomes["a1"], StoreError)
+    assert outcomes["a2"] is None
+    await intent(store, "a3", "r3")  # the writer is still there
+    assert await fetch(_plain(store), "SELECT id, state FROM attempts ORDER BY id") == [
+        ("a1", "dialing"),
+        ("a2", "completed"),
+        ("a3", "dialing"),
+    ]
+
+
+async def test_a_caller_already_cancelled_writes_nothing(store: Store) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await intent(store, "a1", "r1")  # an intent for a dial that will not happen
+    await intent(store, "a2", "r2")
+    assert await fetch(_plain(store), "SELECT id FROM attempts") == [("a2",)]

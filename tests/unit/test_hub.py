@@ -613,3 +613,27 @@ async def test_the_young_gc_generation_is_collected_rarely_while_the_hub_runs(
         await hub.run()
     assert seen == [YOUNG_THRESHOLD]
     assert gc.get_threshold() == before  # and put back afterwards
+
+
+async def test_an_agent_may_change_the_dicts_of_its_request(sqlite_url: str) -> None:
+    changed: list[str] = []
+
+    class Annotating(ScriptedAgent):
+        async def dial(self, request: DialRequest) -> Any:
+            request.metadata["seen"] = True  # a record without metadata shares an empty one
+            request.config.setdefault("voice", "x")
+            changed.append(request.to)
+            return await super().dial(request)
+
+    clock = ManualClock()
+    hub = DispatchHub(
+        agent=Annotating(),
+        strategies=[ListStrategy([rec("r1", PHONES[0]), rec("r2", PHONES[1])])],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        exit_when_done=True,
+    )
+    with anyio.fail_after(10):
+        await hub.run()
+    assert changed == [PHONES[0], PHONES[1]]
+    assert rec("r3", PHONES[2]).metadata == {}  # the shared one is still empty

@@ -404,3 +404,29 @@ async def test_a_base_no_op_callback_under_an_overridden_deliver_takes_no_worker
     finally:
         limiter.total_tokens = total
     assert strategy.delivered == ["on_dispatched"]
+
+
+async def test_plain_callbacks_run_in_threads_of_their_own(sqlite_url: str) -> None:
+    # Every thread of anyio's default limiter is taken (as by slow CSV reads or write-backs):
+    # a plain on_completed still runs, in the outbox's own threads.
+    strategy = ListStrategy([rec("r1", A)])
+    completed: list[str] = []
+    strategy.on_completed = lambda record, call_id, reason: completed.append(record.id)  # type: ignore[method-assign]
+    clock = ManualClock()
+    hub = DispatchHub(
+        agent=ScriptedAgent(),
+        strategies=[strategy],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        exit_when_done=True,
+    )
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    total = limiter.total_tokens
+    limiter.total_tokens = 1
+    try:
+        async with limiter:
+            with anyio.fail_after(10):
+                await hub.run()
+    finally:
+        limiter.total_tokens = total
+    assert completed == ["r1"]
