@@ -41,7 +41,6 @@ class Workers:
         self._run = run
         self._idle: list[_Idle] = []
         self._closed = False
-        self.started = 0  # workers started so far (for tests and statistics)
 
     def hand(self, *job: Any) -> None:
         if self._idle:
@@ -49,7 +48,6 @@ class Workers:
             idle.job = job
             idle.event.set()
             return
-        self.started += 1
         self._group.start_soon(self._work, job)
 
     def close(self) -> None:

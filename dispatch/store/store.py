@@ -653,12 +653,10 @@ class Store:
         an attempt only while it is still dialing, and its ``on_dispatched`` is committed
         before the outcome's callbacks."""
         statements = self._activated(attempt_id, call_id, at, callback)
-        has_callbacks = any(s is ob.INSERT for s, _ in statements)
 
         def then(error: BaseException | None) -> None:
             if error is None:
-                if has_callbacks and self.on_callbacks is not None:
-                    self.on_callbacks()
+                self._committed(statements)
             elif failed is not None:
                 failed(error)
 
@@ -853,6 +851,10 @@ class Store:
 
     async def _write(self, statements: Statements, *, held: bool = True) -> None:
         await self._open_writer().write(statements, held=held)
+        self._committed(statements)
+
+    def _committed(self, statements: Statements) -> None:
+        """``statements`` were committed: if they added outbox rows, say so."""
         if self.on_callbacks is not None and any(s is ob.INSERT for s, _ in statements):
             self.on_callbacks()
 
