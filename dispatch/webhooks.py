@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from .abc import CallResult
 from .clock import Clock
 
@@ -47,7 +45,6 @@ EVENTS = {
 }
 PREFIX = "webhook:"
 REST = 5.0  # seconds an endpoint that did not answer is left alone
-CONNECTIONS = 100  # open connections (and requests at once) over every endpoint
 
 
 @dataclass(frozen=True)
@@ -134,7 +131,6 @@ class Webhooks:
         # timeout, which would hold the outbox's pass, strategy callbacks included.
         self._resting: dict[str, float] = {}  # target -> monotonic time it may be tried
         self._client: httpx.AsyncClient | None = None
-        self._connections: anyio.CapacityLimiter | None = None  # with the client
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -173,14 +169,10 @@ class Webhooks:
             "webhook-signature": Webhook(endpoint.secret).sign(message_id, now, payload),
         }
         client = self._open()
-        assert self._connections is not None
         try:
-            # A connection first (the outbox delivers hundreds at once; the client keeps
-            # CONNECTIONS): waiting for one is not the endpoint's fault, nor its timeout.
-            async with self._connections:
-                response = await client.post(
-                    endpoint.url, content=payload, headers=headers, timeout=endpoint.timeout
-                )
+            response = await client.post(
+                endpoint.url, content=payload, headers=headers, timeout=endpoint.timeout
+            )
         except BaseException as exc:  # httpx's errors (or the outbox's timeout), without
             # the headers (the signature)
             self._resting[endpoint.target] = time.monotonic() + REST
@@ -207,9 +199,7 @@ class Webhooks:
             from .logs import quiet_http_logs
 
             quiet_http_logs()
-            limits = httpx.Limits(max_connections=CONNECTIONS)
-            self._client = httpx.AsyncClient(follow_redirects=False, limits=limits)
-            self._connections = anyio.CapacityLimiter(CONNECTIONS)
+            self._client = httpx.AsyncClient(follow_redirects=False)
         return self._client
 
 
