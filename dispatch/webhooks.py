@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -129,7 +128,8 @@ class Webhooks:
         # An endpoint that just failed to answer is not tried again for a moment: its other
         # due events fail at once (and wait their backoff) instead of each taking its
         # timeout, which would hold the outbox's pass, strategy callbacks included.
-        self._resting: dict[str, float] = {}  # target -> monotonic time it may be tried
+        # On the hub's clock, like the outbox's backoff that retries the events it fails.
+        self._resting: dict[str, float] = {}  # target -> clock.monotonic() it may be tried
         self._client: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
@@ -154,7 +154,7 @@ class Webhooks:
             )
             return
         rest = self._resting.get(endpoint.target)
-        if rest is not None and time.monotonic() < rest:
+        if rest is not None and self.clock.monotonic() < rest:
             raise ConnectionError(f"webhook {endpoint.name}: not answering (tried again soon)")
         payload = json.dumps(body(row), separators=(",", ":"), default=str)
         message_id = f"msg_{row.created_at:%Y%m%d%H%M%S}_{row.id}"  # the same on every retry
@@ -175,7 +175,7 @@ class Webhooks:
             )
         except BaseException as exc:  # httpx's errors (or the outbox's timeout), without
             # the headers (the signature)
-            self._resting[endpoint.target] = time.monotonic() + REST
+            self._resting[endpoint.target] = self.clock.monotonic() + REST
             if not isinstance(exc, Exception):
                 raise
             raise ConnectionError(f"webhook {endpoint.name}: {type(exc).__name__}") from None

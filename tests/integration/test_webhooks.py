@@ -44,23 +44,17 @@ class Received:
 @dataclass
 class Receiver:
     """A webhook receiver: answers each POST with the next status of ``statuses`` (then
-    200), and keeps every request."""
+    200; 0 hangs up without an answer), and keeps every request it answered.
+
+    Its port is taken when it is made and kept until the test ends: until :meth:`serving`
+    it refuses connections (bound, not listening), so a receiver that is "down" can come
+    "up" on the same URL without another process taking the port meanwhile."""
 
     statuses: list[int] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
-    port: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks?token=in-the-url"
-
-    def delivered(self) -> list[Received]:
-        """The requests answered 2xx, verified with the receiver-side library."""
-        return [r for r in self.requests if r.headers.get("x-answered") == "200"]
-
-    @contextmanager
-    def serving(self) -> Iterator[None]:
+    def __post_init__(self) -> None:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,24 +64,53 @@ class Receiver:
                 body = self.rfile.read(length)
                 with receiver.lock:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
-                    headers["x-answered"] = str(status)
-                    receiver.requests.append(Received(headers, body))
+                if status == 0:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
+                self.wfile.flush()
+                # Kept once answered: a request the hub gave up on before its answer was
+                # sent is not counted as delivered.
+                headers["x-answered"] = str(status)
+                with receiver.lock:
+                    receiver.requests.append(Received(headers, body))
+                    receiver.lock.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self._server.daemon_threads = True
+        self._server.server_bind()  # the port is ours; connections are refused until serving
+
+    @property
+    def url(self) -> str:
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}/hooks?token=in-the-url"
+
+    def delivered(self) -> list[Received]:
+        """The requests answered 2xx."""
+        with self.lock:
+            return [r for r in self.requests if r.headers.get("x-answered") == "200"]
+
+    def wait_delivered(self, count: int, timeout: float) -> bool:
+        """Whether ``count`` requests were answered 2xx within ``timeout`` (real) seconds."""
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.delivered()) >= count, timeout)
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        self._server.server_activate()
+        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         thread.start()
         try:
             yield
         finally:
-            server.shutdown()
-            server.server_close()
+            self._server.shutdown()
+            self._server.server_close()
             thread.join()
 
 
@@ -99,20 +122,13 @@ def verified(received: Received) -> dict[str, Any]:
 
 
 async def until_delivered(receiver: Receiver, count: int, clock: ManualClock) -> None:
-    """Move the clock a second at a time (the outbox's retry delay) until ``count`` events
-    were delivered."""
-    while True:
+    """Wait until ``count`` events were delivered, moving the clock a second (the outbox's
+    retry delay) whenever nothing arrives for a while. The clock moves only between real
+    waits: advancing it whenever every task waits (on a socket or a worker thread too)
+    would race it through hours of polls and retries while one request is in flight."""
+    while not await anyio.to_thread.run_sync(receiver.wait_delivered, count, 0.1):
         await clock.wait_all_tasks_blocked()
-        if len(receiver.delivered()) >= count:
-            return
         clock.advance(1.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def hook(receiver: Receiver, **options: Any) -> WebhookEndpoint:
@@ -176,7 +192,7 @@ async def test_a_receiver_down_then_up_gets_everything_in_order_after_a_restart(
 ) -> None:
     agent = ScriptedAgent(script={A: ["busy", "answer"], B: ["answer"]})
     records = [rec("r1", A), rec("r2", B)]
-    receiver = Receiver(port=free_port())  # nobody listens yet
+    receiver = Receiver()  # not serving yet: its port refuses connections
     endpoint = hook(receiver, timeout=2.0)
     first = make_hub(
         sqlite_url,
@@ -207,6 +223,29 @@ async def test_a_receiver_down_then_up_gets_everything_in_order_after_a_restart(
     ):
         assert [e["type"] for e in events if e["data"]["record"]["id"] == rid] == expected
     assert len(agent.dials) == 3  # r1 busy then answered, r2 answered; nobody dialed again
+
+
+async def test_an_endpoint_that_hangs_up_is_rested_on_the_hubs_clock(sqlite_url: str) -> None:
+    # Each try that gets no answer rests the endpoint for a while: on the hub's clock, like
+    # the backoff of the events it fails, so a receiver back on its feet is tried again when
+    # the clock says so (in real time, three rests would outlast this test).
+    agent = ScriptedAgent()
+    receiver = Receiver(statuses=[0, 0, 0])
+    clock = ManualClock()
+    with receiver.serving():
+        hub = make_hub(
+            sqlite_url, agent, ListStrategy([rec("r1", A)]), clock=clock, webhooks=[hook(receiver)]
+        )
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                await until_delivered(receiver, 2, clock)
+                hub.stop()
+    assert [verified(r)["type"] for r in receiver.delivered()] == [
+        "call.dispatched",
+        "call.completed",
+    ]
+    assert receiver.statuses == []  # the three hang-ups were tried, and then the rest
 
 
 async def test_a_410_disables_the_endpoint_loudly_and_the_token_never_shows(
