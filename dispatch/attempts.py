@@ -231,7 +231,7 @@ class Attempts:
         detect_turn_end = None
         if "detect_turn_end" in config:  # a dial option, not agent configuration
             config = dict(config)
-            detect_turn_end = bool(config.pop("detect_turn_end"))
+            detect_turn_end = _flag(config.pop("detect_turn_end"), record.id)
         request = DialRequest(
             to=record.phone,
             dispatch_id=attempt_id,
@@ -368,7 +368,8 @@ class Attempts:
         if outcome.maybe_live:
             self.queue.hold(record.phone, self.clock.monotonic() + self.hold)
             self._remember_unknown(attempt_id, source, record, number)
-        self._log_outcome(record, number, outcome, record_state)
+        wait = (retry_at - now).total_seconds() if retry_at is not None else 0.0
+        self._log_outcome(record, number, outcome, record_state, wait)
         if action is not None and action.kind is not ActionKind.DONE:
             logger.info(
                 "result.action record=%s action=%s at=%s",
@@ -381,8 +382,6 @@ class Attempts:
         if record_state is not RecordState.RETRY:
             source.done += 1
         if record_state is RecordState.RETRY:
-            assert retry_at is not None
-            wait = (retry_at - now).total_seconds()
             self.queue.delay(source, record, self.clock.monotonic() + wait)
         elif record_state is not RecordState.COMPLETED:
             self.counters.failed += 1
@@ -515,7 +514,7 @@ class Attempts:
         )
 
     def _log_outcome(
-        self, record: Record, number: int, outcome: _Outcome, state: RecordState
+        self, record: Record, number: int, outcome: _Outcome, state: RecordState, wait: float
     ) -> None:
         if outcome.state is AttemptState.COMPLETED:
             duration = f"{outcome.duration:.1f}s" if outcome.duration is not None else "-"
@@ -534,6 +533,9 @@ class Attempts:
                     json.dumps(dict(result.arguments), ensure_ascii=False),
                 )
         else:
+            then = state.value
+            if state is RecordState.RETRY:
+                then = f"retry in {wait:.0f}s" if wait >= 10 else f"retry in {wait:.3g}s"
             logger.warning(
                 "dial.%s record=%s reason=%s attempt=%d/%d next=%s",
                 outcome.state.value,
@@ -541,8 +543,31 @@ class Attempts:
                 outcome.reason,
                 number,
                 self.retry.max_dials,
-                "retry" if state is RecordState.RETRY else state.value,
+                then,
             )
+
+
+_TRUE = frozenset({"true", "yes", "y", "on", "1"})
+_FALSE = frozenset({"false", "no", "n", "off", "0"})
+
+
+def _flag(value: object, record_id: str) -> bool | None:
+    """A record's yes/no dial option (a bool, or a source's text such as ``"false"``); None,
+    the agent's default, for what is neither."""
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value).strip().casefold()
+    if not text:
+        return None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    logger.warning(
+        "dial.bad_option record=%s detect_turn_end=%r (not yes or no: the agent's default "
+        "applies)",
+        record_id,
+        value,
+    )
+    return None
 
 
 def _id(call: Call | None) -> str | None:

@@ -445,6 +445,9 @@ class _Templates(_StrategySection):
     prompt_vars: dict[str, str] = Field(default_factory=dict)
     from_: str | None = Field(None, alias="from")
     timezone: str | None = None
+    not_before: str | None = None
+    not_after: str | None = None
+    config: dict[str, str] | None = None
 
 
 class _RowTemplates(_Templates):

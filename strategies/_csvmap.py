@@ -10,9 +10,11 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dispatch.record import Record
 
@@ -83,6 +85,10 @@ class Templates:
     from_: str | None
     timezone: str | None
     skip_if: Mapping[str, frozenset[str]]
+    not_before: str | None = None  # a date and time: see parse_time
+    not_after: str | None = None
+    config: Mapping[str, str] | None = None  # per-call agent options (detect_turn_end ...)
+    naive_utc: bool = False  # a time without an offset, in a row without a zone, is UTC
 
     @classmethod
     def of(
@@ -96,6 +102,10 @@ class Templates:
         from_: str | None,
         timezone: str | None,
         skip_if: Mapping[str, Iterable[str]] | None = None,
+        not_before: str | None = None,
+        not_after: str | None = None,
+        config: Mapping[str, str] | None = None,
+        naive_utc: bool = False,
     ) -> Templates:
         """The templates as a strategy's keyword arguments give them, checked."""
         templates = cls(
@@ -107,18 +117,30 @@ class Templates:
             from_=from_,
             timezone=timezone,
             skip_if=skip_values(skip_if),
+            not_before=not_before,
+            not_after=not_after,
+            config=dict(config) if config else None,
+            naive_utc=naive_utc,
         )
         templates.check()
         return templates
 
     def texts(self) -> list[str]:
         """Every template given (not the defaults a header decides)."""
-        optional = [self.id, self.greeting, self.from_, self.timezone]
+        optional = [
+            self.id,
+            self.greeting,
+            self.from_,
+            self.timezone,
+            self.not_before,
+            self.not_after,
+        ]
         return [
             self.phone,
             *filter(None, optional),
             *(self.metadata or {}).values(),
             *self.prompt_vars.values(),
+            *(self.config or {}).values(),
         ]
 
     def check(self) -> None:
@@ -148,6 +170,10 @@ class Bound:
             else lambda cells: dict(zip(header, cells, strict=False))  # the whole row
         )
         self.prompt_vars = _mapping(templates.prompt_vars, index) if templates.prompt_vars else None
+        self.config = _mapping(templates.config, index) if templates.config else None
+        self.not_before = _optional(templates.not_before, index)
+        self.not_after = _optional(templates.not_after, index)
+        self.naive_utc = templates.naive_utc
         self.skip_if = [
             (index[column], values)
             for column, values in templates.skip_if.items()
@@ -155,10 +181,13 @@ class Bound:
         ]
         self.phone_index = index.get("phone")
         # Deferring is safe when rendering the other fields cannot fail: every column exists
-        # and no format spec or conversion could reject a cell's text.
+        # and no format spec or conversion could reject a cell's text. (A row whose time is
+        # not one is malformed at once; a deferred record has no config.)
         deferred = [templates.greeting, templates.from_, templates.timezone]
         deferred += [*(templates.metadata or {}).values(), *templates.prompt_vars.values()]
-        self.deferrable = all(_safe(t, index) for t in deferred if t is not None)
+        self.deferrable = all(_safe(t, index) for t in deferred if t is not None) and not (
+            templates.not_before or templates.not_after or templates.config
+        )
         # The hot path of a large read: id and phone are bare columns, nothing to skip.
         self.id_column = _bare(self.id_text, index)
         self.phone_column = _bare(templates.phone, index)
@@ -199,24 +228,56 @@ class Bound:
         return self._rest(cells)
 
     def _rest(self, cells: list[str]) -> dict[str, Any]:
-        return {
+        zone = self.timezone(cells) or None if self.timezone else None
+        rest: dict[str, Any] = {
             "greeting": self.greeting(cells) or None if self.greeting else None,
             "metadata": self.metadata(cells),
-            "prompt_vars": self.prompt_vars(cells) if self.prompt_vars else {},
             "from_": self.from_(cells) or None if self.from_ else None,
-            "timezone": self.timezone(cells) or None if self.timezone else None,
+            "timezone": zone,
         }
+        if self.prompt_vars is not None:  # else the shared empty dict
+            rest["prompt_vars"] = self.prompt_vars(cells)
+        if self.config is not None:
+            rest["config"] = {k: v for k, v in self.config(cells).items() if v != ""}
+        if self.not_before is not None:
+            rest["not_before"] = self._time("not_before", self.not_before(cells), zone)
+        if self.not_after is not None:
+            rest["not_after"] = self._time("not_after", self.not_after(cells), zone)
+        return rest
 
     def _eager(self, cells: list[str]) -> Record:
-        return Record(
-            id=self.row_id(cells),
-            phone=self.phone(cells),
-            greeting=self.greeting(cells) or None if self.greeting else None,
-            metadata=self.metadata(cells),
-            prompt_vars=self.prompt_vars(cells) if self.prompt_vars else None,
-            from_=self.from_(cells) or None if self.from_ else None,
-            timezone=self.timezone(cells) or None if self.timezone else None,
+        return Record(id=self.row_id(cells), phone=self.phone(cells), **self._rest(cells))
+
+    def _time(self, name: str, text: str, zone: str | None) -> datetime | None:
+        return parse_time(text, zone, "UTC" if self.naive_utc else None, name)
+
+
+def parse_time(text: str, zone: str | None, default_zone: str | None, name: str) -> datetime | None:
+    """A row's ``not_before`` / ``not_after``: ISO 8601 (``2026-12-10 09:30``,
+    ``2026-12-10T09:30:00-05:00``, ``2026-12-10``), None when empty. A time without an offset
+    is in the row's time zone, else in ``default_zone``; RowError when it has neither (a time
+    read in the wrong zone would call hours late, or expire a record hours early)."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise RowError(
+            f"{name} {text!r} is not a date and time (write it as 2026-12-10 09:30, with a "
+            "UTC offset or a timezone template)"
+        ) from None
+    if at.tzinfo is not None:
+        return at
+    where = zone or default_zone
+    if where is None:
+        raise RowError(
+            f"{name} {text!r} has no UTC offset and the row no timezone: write it with one "
+            "(2026-12-10T09:30-05:00) or give the strategy a timezone template"
         )
+    try:
+        return at.replace(tzinfo=UTC if where == "UTC" else ZoneInfo(where))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RowError(f"{name}: unknown time zone {where!r}") from None
 
 
 def _mapping(

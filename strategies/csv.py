@@ -78,6 +78,9 @@ class CsvStrategy(Strategy):
         prompt_vars: Mapping[str, str] | None = None,
         from_: str | None = None,
         timezone: str | None = None,
+        not_before: str | None = None,
+        not_after: str | None = None,
+        config: Mapping[str, str] | None = None,
         skip_if: Mapping[str, Iterable[str]] | None = None,
         map_row: RowMapper | None = None,
         delimiter: str | None = None,
@@ -98,6 +101,9 @@ class CsvStrategy(Strategy):
             prompt_vars=prompt_vars,
             from_=from_,
             timezone=timezone,
+            not_before=not_before,
+            not_after=not_after,
+            config=config,
             skip_if=skip_if,
         )
         self._bound: Bound | None = None

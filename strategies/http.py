@@ -282,6 +282,9 @@ class HttpStrategy(Strategy):
         prompt_vars: Mapping[str, str] | None = None,
         from_: str | None = None,
         timezone: str | None = None,
+        not_before: str | None = None,
+        not_after: str | None = None,
+        config: Mapping[str, str] | None = None,
         map_item: ItemMap | None = None,
         items: str | None = None,
         next: str | None = None,
@@ -330,6 +333,9 @@ class HttpStrategy(Strategy):
                 prompt_vars=prompt_vars,
                 from_=from_,
                 timezone=timezone,
+                not_before=not_before,
+                not_after=not_after,
+                config=config,
             )
             self.mapper = ItemMapper(self.templates)
             self._items_path = parse_path(items) if items is not None else None

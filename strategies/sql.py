@@ -118,6 +118,9 @@ class SqlStrategy(Strategy):
         prompt_vars: Mapping[str, str] | None = None,
         from_: str | None = None,
         timezone: str | None = None,
+        not_before: str | None = None,
+        not_after: str | None = None,
+        config: Mapping[str, str] | None = None,
         where: str | None = None,
         due_column: str | None = None,
         write_back: WriteBack | None = None,
@@ -150,6 +153,10 @@ class SqlStrategy(Strategy):
             prompt_vars=prompt_vars,
             from_=from_,
             timezone=timezone,
+            not_before=not_before,
+            not_after=not_after,
+            config=config,
+            naive_utc=True,  # like due_column: a timestamp without a zone is UTC
         )
         self.where = where
         self.due_column = due_column

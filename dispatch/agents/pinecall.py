@@ -634,15 +634,16 @@ class PinecallAgent(Agent):
             # whose call id we do not know yet. If there is exactly one, it is that one's.
             unheard = [d for d in self._dials if d.call_id is None and not d.started]
             if len(unheard) == 1 and not unheard[0].abandoned:
-                # Only a guess: the error may be another client's call on this agent, and
-                # this dial may be ringing. Its outcome is unknown (never retried), now
-                # rather than at the dial timeout; a later start or end is still reported.
-                code = normalize_reason(frame.get("code") or "call_error")
-                unheard[0].make_unknown(
-                    f"call.error {code} for call {call_id}, before any call.dialing: "
-                    f"{frame.get('error') or code}"
+                # The agent is registered by this client alone, and every other call of
+                # it was named (dialing, started) before it could fail: the error is this
+                # dial's, and the dial failed like one whose call.dialing came first.
+                dial = unheard[0]
+                logger.info(
+                    "pinecall.call_error_attributed dispatch_id=%s call_id=%s (before its "
+                    "call.dialing; the one dial it can be)",
+                    dial.request.dispatch_id,
+                    call_id,
                 )
-                return
             if len(unheard) != 1:
                 self._orphans[str(call_id)] = frame  # its call.dialing may still come
                 while len(self._orphans) > _REMEMBERED:

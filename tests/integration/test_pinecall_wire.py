@@ -169,15 +169,15 @@ async def test_an_anonymous_error_with_several_dials_not_heard_of_touches_none()
 # -- call.error before call.dialing ------------------------------------------------------------
 
 
-async def test_a_call_error_before_any_call_dialing_ends_the_one_unheard_dial_unknown() -> None:
-    # Only a guess (it may be another client's call while ours rings): unknown at once, never
-    # a retryable rejection, and no wait for the dial timeout.
+async def test_a_call_error_before_any_call_dialing_fails_the_one_dial_it_can_be() -> None:
+    # The one dial not named yet: it failed, at once rather than at the dial timeout.
     async with (
         FakePinecall(script={PHONES[0]: ["call.error"]}, send_dialing=False) as fake,
         running(fake, clock=ManualClock()) as agent,
     ):
-        with anyio.fail_after(5), pytest.raises(DialUnknown, match=r"before any call\.dialing"):
+        with anyio.fail_after(5), pytest.raises(DialRejected) as refused:
             await agent.dial(request(PHONES[0]))
+    assert refused.value.reason == "call_error: carrier error"
 
 
 async def test_a_call_error_several_dials_could_mean_waits_for_its_call_dialing() -> None:

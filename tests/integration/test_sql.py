@@ -129,6 +129,20 @@ async def test_due_rows_are_mapped_by_templates_and_later_rows_come_when_due(crm
         await strategy.aclose()
 
 
+async def test_a_timestamp_without_a_zone_is_utc_in_a_time_template(crm: Crm) -> None:
+    # Like due_column: a DATETIME / TIMESTAMP WITHOUT TIME ZONE column holds UTC.
+    await crm.add(lead(1, call_after=datetime(2026, 11, 24, 14, 0)), lead(2))
+    strategy = SqlStrategy(crm.url, "leads", not_after="{call_after}")
+    try:
+        timed, untimed = sorted(await polled(strategy), key=lambda r: r.id)
+    finally:
+        await strategy.aclose()
+    assert isinstance(timed, Record)
+    assert timed.not_after == datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+    assert isinstance(untimed, Record)
+    assert untimed.not_after is None
+
+
 async def test_a_poll_yields_only_new_changed_and_removed_rows(crm: Crm) -> None:
     await crm.add(lead(1), lead(2), lead(3))
     strategy = SqlStrategy(crm.url, "leads", where="status = 'new'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,6 +25,7 @@ from dispatch.rules.caps import Caps
 from dispatch.rules.gate import CallingRules
 from dispatch.store import DoNotCall
 from dispatch.testing import ManualClock, ScriptedAgent, max_in_any_window
+from strategies import CsvStrategy
 from tests.conftest import fetch
 from tests.support import ListStrategy, rec
 from tests.support import hub_for as make_hub
@@ -164,6 +166,31 @@ async def test_a_record_that_expires_while_it_waits_is_not_dialed_late(sqlite_ur
     assert len(agent.dials) == 1
     assert source.events == [("skipped", "r1", "expired")]
     assert await fetch(sqlite_url, "SELECT state FROM records") == [("expired",)]
+
+
+async def test_a_csv_rows_appointment_time_expires_it_and_its_column_sets_a_dial_option(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # An appointment reminder whose appointment is over is not dialed: it expires. The next
+    # row's answering-machine column reaches the dial as the option it names.
+    leads = tmp_path / "leads.csv"
+    leads.write_text(
+        "id,phone,appt,amd\n"
+        f"past,{A},2026-01-05T14:59:00Z,yes\n"
+        f"later,{B},2026-01-06T09:00:00-05:00,no\n"
+    )
+    source = CsvStrategy(
+        leads, not_after="{appt}", config={"detect_turn_end": "{amd}"}, watch=False
+    )
+    agent = ScriptedAgent()
+    hub = make_hub(sqlite_url, agent, source, exit_when_done=True)
+    with anyio.fail_after(10):
+        await hub.run()
+    [dial] = agent.dials
+    assert (dial.to, dial.detect_turn_end) == (B, False)
+    assert "detect_turn_end" not in dial.config  # a dial option, not agent configuration
+    states = await fetch(sqlite_url, "SELECT record_id, state FROM records ORDER BY record_id")
+    assert states == [("later", "completed"), ("past", "expired")]
 
 
 async def test_the_per_second_smoother_never_exceeds_its_rate(sqlite_url: str) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -365,3 +367,47 @@ async def test_line_numbers_count_blank_lines_with_or_without_quotes(tmp_path: P
         [late] = await strategy.poll()
         assert isinstance(late, Malformed)
         assert late.line == 13
+
+
+async def test_times_and_dial_options_come_from_columns(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "leads.csv",
+        "id,phone,appt,tz,amd\n"
+        "r1,+14155552601,2026-12-10 09:30,America/Chicago,yes\n"
+        "r2,+14155552602,2026-12-10T09:30:00-05:00,,\n"
+        "r3,+14155552603,,,\n",
+    )
+    strategy = CsvStrategy(
+        path,
+        timezone="{tz}",
+        not_before="{appt}",
+        not_after="{appt}",
+        config={"detect_turn_end": "{amd}"},
+    )
+    r1, r2, r3 = await strategy.poll()
+    assert isinstance(r1, Record)
+    assert isinstance(r2, Record)
+    assert isinstance(r3, Record)
+    chicago = datetime(2026, 12, 10, 9, 30, tzinfo=ZoneInfo("America/Chicago"))
+    assert r1.not_before == r1.not_after == chicago  # the row's own zone
+    assert r1.config == {"detect_turn_end": "yes"}
+    assert r2.not_after == datetime(2026, 12, 10, 14, 30, tzinfo=UTC)  # its offset
+    assert r2.config == {}  # an empty cell leaves the agent's default
+    assert (r3.not_before, r3.not_after) == (None, None)
+
+
+async def test_a_time_that_is_not_one_or_has_no_zone_makes_only_its_row_malformed(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path / "leads.csv",
+        "id,phone,appt\nr1,+14155552601,next tuesday\nr2,+14155552602,2026-12-10 09:30\n"
+        "r3,+14155552603,2026-12-10T09:30Z\n",
+    )
+    bad, naive, good = await CsvStrategy(path, not_after="{appt}").poll()
+    assert isinstance(bad, Malformed)
+    assert "not_after 'next tuesday' is not a date and time" in bad.detail
+    assert isinstance(naive, Malformed)
+    assert "has no UTC offset and the row no timezone" in naive.detail
+    assert isinstance(good, Record)
+    assert good.not_after == datetime(2026, 12, 10, 9, 30, tzinfo=UTC)
