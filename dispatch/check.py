@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from .abc import Strategy
-from .admission import Admission
+from .admission import Admission, Skip
 from .clock import Clock, SystemClock
 from .config import Settings, store_url
 from .errors import DispatchError, dispatch_error_in
@@ -188,7 +188,7 @@ async def _poll(
         if isinstance(verdict, Done):
             decision, why = "done", verdict.why or f"{verdict.state} earlier"
         elif isinstance(verdict, Refuse):
-            decision, why = "skip", f"{verdict.skip.reason}: {verdict.skip.detail}"
+            decision, why = "skip", _why(verdict.skip)
         elif isinstance(verdict, Wait):
             when = f"{verdict.until:%Y-%m-%d %H:%M:%S} UTC"
             decision, why = "wait", f"{'retry' if verdict.why == 'retry' else 'not due'} {when}"
@@ -199,10 +199,18 @@ async def _poll(
             if isinstance(ruled, Hold):
                 decision, why = "wait", ruled.why
             elif isinstance(ruled, GateRefuse):
-                decision, why = "skip", f"{ruled.skip.reason}: {ruled.skip.detail}"
+                decision, why = "skip", _why(ruled.skip)
             else:
                 decision, why = "dial", verdict.record.phone
         report.counts[decision] += 1
         if len(report.samples) < limit:
             report.samples.append((decision, item.id, why))
     return report
+
+
+def _why(skip: Skip) -> str:
+    """``dnc since 2026-11-02``, ``invalid_phone: too short``: the reason, once."""
+    reason, detail = str(skip.reason), skip.detail
+    if not detail or detail == reason:
+        return reason
+    return detail if detail.startswith(reason) else f"{reason}: {detail}"

@@ -137,7 +137,7 @@ class PacingConfig(_Section):
 
 class RetryRuleConfig(_Section):
     attempts: int = Field(0, ge=0, description="Extra dials after this kind of rejection.")
-    delay: Duration = Field(60.0, ge=0, description="Before each of them.")
+    delay: Duration | None = Field(None, ge=0, description="Before each (default [retry] delay).")
 
 
 class RetryConfig(_Section):
@@ -149,7 +149,7 @@ class RetryConfig(_Section):
 
     def policy(self) -> RetryPolicy:
         by_reason = {
-            kind: RetryRule(rule.attempts, rule.delay)
+            kind: RetryRule(rule.attempts, self.delay if rule.delay is None else rule.delay)
             for kind in ("busy", "no_answer", "failed")
             if (rule := getattr(self, kind)) is not None
         }

@@ -163,14 +163,20 @@ async def history(settings: Settings, base: Path, args: argparse.Namespace) -> N
 
 
 def _evidence(evidence: dict[str, Any]) -> str:
-    """The calling rules' word on a dial, short: ``us@2026-12-01 14:02 America/Chicago``."""
+    """What the calling rules saw at the dial, short: ``us@1 10:00 America/New_York; calls
+    1 in 24h/1 in 30d; dnc read 15:00:00; from +12125550100`` (``--json`` has it whole)."""
     parts = []
     if evidence.get("rules"):
         local = str(evidence.get("local_time", ""))[11:16]
         zones = evidence.get("zones") or []
-        parts.append(f"{evidence['rules']} {local} {zones[0] if zones else ''}".strip())
+        more = f" (+{len(zones) - 1} zones)" if len(zones) > 1 else ""
+        parts.append(f"{evidence['rules']} {local} {zones[0] if zones else ''}{more}".strip())
     if evidence.get("caps"):
         parts.append("calls " + "/".join(f"{v} in {k}" for k, v in evidence["caps"].items()))
+    if evidence.get("dnc_checked_at"):
+        parts.append(f"dnc read {str(evidence['dnc_checked_at'])[11:19]}")
+    if evidence.get("caller_id"):
+        parts.append(f"from {evidence['caller_id']}")
     return "; ".join(parts)
 
 

@@ -259,8 +259,10 @@ def test_status_and_history_report_what_the_store_holds(workdir: Path) -> None:
     assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
     assert attempts[-1]["dialed_at"].endswith("+00:00")
 
+    assert attempts[0]["evidence"]["caller_id"] == "+14155550100"  # what the dial used
     by_record = dispatch("history", "-c", "config.toml", "--record", "appt-001", cwd=workdir)
     assert "appt-001" in by_record.stdout
+    assert "from +14155550100" in by_record.stdout
     assert (
         dispatch("history", "-c", "config.toml", "--record", "nobody", cwd=workdir).stdout
         == "no attempts\n"

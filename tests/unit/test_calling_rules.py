@@ -106,6 +106,70 @@ async def test_caps_hold_a_number_across_strategies_until_the_window_allows_it(
     assert [d.to for d in agent.dials] == [A, B, A]
 
 
+async def test_caps_count_the_dials_of_earlier_runs(sqlite_url: str) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    first = make_hub(
+        sqlite_url, agent, ListStrategy([rec("r1", A)]), clock=clock, caps=Caps(per_24h=1)
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run)
+            await agent.wait_for_dials(1)
+            first.stop()
+    clock.advance(3600)  # a restart an hour later, another record for the same number
+    source = ListStrategy([rec("r2", A)])
+    second = make_hub(sqlite_url, agent, source, clock=clock, caps=Caps(per_24h=1))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second.run)
+            await clock.wait_until(lambda: second.statistics().waiting == 1)
+            clock.advance(86_400 - 3600 - 1)
+            await clock.wait_all_tasks_blocked()
+            assert len(agent.dials) == 1  # one second early: the first run's call still counts
+            clock.advance(1)
+            await agent.wait_for_dials(2)
+            second.stop()
+
+
+async def test_a_retry_counts_against_the_caps(sqlite_url: str) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent(script={A: ["busy", "answer"]})
+    source = ListStrategy([rec("r1", A)])
+    hub = make_hub(
+        sqlite_url, agent, source, clock=clock, caps=Caps(per_24h=1), retry=RetryPolicy(1, 60.0)
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(1)
+            await clock.wait_until(lambda: hub.statistics().waiting == 1)
+            clock.advance(60)  # the retry is due, the cap is not
+            await clock.wait_all_tasks_blocked()
+            assert len(agent.dials) == 1
+            clock.advance(86_400 - 60)
+            await agent.wait_for_dials(2)
+            hub.stop()
+
+
+async def test_a_record_a_cap_holds_past_its_not_after_is_skipped_as_cap(sqlite_url: str) -> None:
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    soon = WALL + timedelta(hours=2)
+    source = ListStrategy([rec("r1", A), rec("r2", A, not_after=soon)])
+    hub = make_hub(sqlite_url, agent, source, clock=clock, caps=Caps(per_24h=1))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.wait_for_events(2)
+            hub.stop()
+    assert [d.to for d in agent.dials] == [A]
+    assert ("skipped", "r2", "cap") in source.events
+    assert await fetch(sqlite_url, "SELECT state FROM records WHERE record_id = 'r2'") == [
+        ("skipped",)
+    ]
+
+
 async def test_each_kind_of_rejection_is_retried_on_its_own_rule(sqlite_url: str) -> None:
     clock = ManualClock()
     agent = ScriptedAgent(script={A: ["busy", "busy", "no_answer", "answer"]})
@@ -255,6 +319,34 @@ async def test_a_number_of_two_zones_waits_for_the_window_in_both(sqlite_url: st
     assert seen["rules"].startswith("us@")
     assert seen["zones"] == ["America/Boise", "America/Los_Angeles"]
     assert seen["local_time"] == "2026-01-05T09:00:00-07:00"  # Boise, at the dial
+
+
+async def test_each_attempt_keeps_what_the_rules_saw_at_its_dial(sqlite_url: str) -> None:
+    # The ledger's evidence: pack and version, zones and local time, when the do-not-call
+    # list was read, the caller id, and the cap counts (the retry counts against them).
+    clock = ManualClock()
+    agent = ScriptedAgent(script={NEW_YORK: ["busy", "answer"]})
+    source = ListStrategy([rec("ny", NEW_YORK, from_="+12125550100")])
+    source.calling_rules = CallingRules(us_rules().pack, Caps(per_24h=3))
+    hub = make_hub(sqlite_url, agent, source, clock=clock, retry=RetryPolicy(1, 60.0))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await agent.wait_for_dials(1)
+            await clock.wait_until(lambda: hub.statistics().waiting == 1)
+            clock.advance(60)
+            await agent.wait_for_dials(2)
+            hub.stop()
+    rows = await fetch(sqlite_url, "SELECT evidence FROM attempts ORDER BY number")
+    first, second = (json.loads(evidence) for (evidence,) in rows)
+    assert first["rules"].startswith("us@")
+    assert first["zones"] == ["America/New_York"]
+    assert first["local_time"] == "2026-01-05T10:00:00-05:00"
+    assert first["caller_id"] == "+12125550100"
+    assert first["dnc_checked_at"] == "2026-01-05T15:00:00+00:00"
+    assert first["caps"] == {"24h": 0, "30d": 0}  # before this dial
+    assert second["caps"] == {"24h": 1, "30d": 1}  # the first dial counts
+    assert second["local_time"] == "2026-01-05T10:01:00-05:00"
 
 
 async def test_a_retry_that_would_land_outside_the_window_waits_for_the_next_opening(

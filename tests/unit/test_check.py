@@ -7,10 +7,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sqlalchemy import insert
 
 from dispatch.check import check
 from dispatch.config import load_settings
 from dispatch.store import DoNotCall, Store
+from dispatch.store.models import attempts
 from dispatch.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -24,8 +26,11 @@ kind = "csv"
 path = "leads.csv"
 watch = false
 timezone = "{timezone}"
+not_after = "{not_after}"
 [strategies.calling_hours]
 rules = "us"
+[strategies.caps]
+per_24h = 3
 """
 
 
@@ -37,6 +42,8 @@ async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) ->
         "la,+12135552671,,\n"
         "stop,+12125552672,,\n"
         "mars,+12125552673,Mars/Olympus,\n"
+        "late,+12125552674,,2026-01-05T14:00:00Z\n"
+        "often,+12125552675,,\n"
     )
     store = Store(f"sqlite:///{tmp_path / 'dispatch.db'}")
     await store.open()
@@ -46,6 +53,23 @@ async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) ->
             [DoNotCall("+12125552672", "cli")], at=datetime(2026, 1, 2, tzinfo=UTC)
         )
         store.close()
+    async with store.engine.begin() as conn:  # three calls to one number this morning
+        await conn.execute(
+            insert(attempts),
+            [
+                {
+                    "id": f"a{n}",
+                    "strategy": "other",
+                    "record_id": "x",
+                    "number": n + 1,
+                    "phone": "+12125552675",
+                    "state": "completed",
+                    "reason": "hangup",
+                    "dialed_at": datetime(2026, 1, 5, 13 + n, tzinfo=UTC),
+                }
+                for n in range(3)
+            ],
+        )
     await store.aclose()
     settings = load_settings(tmp_path / "config.toml")
     # Monday 15:00 UTC: 10:00 in New York, 07:00 in Los Angeles.
@@ -54,9 +78,11 @@ async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) ->
     assert source.samples == [
         ("dial", "ny", "+12125552671"),
         ("wait", "la", "outside hours until 08:00 America/Los_Angeles (us)"),
-        ("skip", "stop", "dnc: dnc since 2026-01-02"),
+        ("skip", "stop", "dnc since 2026-01-02"),
         ("skip", "mars", "unknown_timezone: unknown time zone 'Mars/Olympus': give an IANA "
                          "name such as 'America/New_York'"),
+        ("skip", "late", "expired: not_after 2026-01-05T14:00:00+00:00"),
+        ("wait", "often", "cap: 3 calls in 24 h"),
     ]  # fmt: skip
 
 

@@ -225,6 +225,8 @@ delay = "10m"
 [retry.no_answer]
 attempts = 1
 delay = "2h"
+[retry.failed]
+attempts = 0
 
 [pacing]
 max_calls_per_second = 2.5
@@ -235,6 +237,7 @@ path = "leads.csv"
 schedule = "0 9-17 * * mon-fri"
 schedule_timezone = "Europe/Paris"
 active = { from = "2026-12-01", until = "2026-12-24" }
+opt_out_reasons = ["opted_out"]
 [strategies.calling_hours]
 rules = "fr"
 [strategies.caps]
@@ -264,8 +267,12 @@ def test_calling_rules_caps_retries_and_schedules_come_from_the_file(tmp_path: P
 
     hub = build_hub(load_settings(write(tmp_path, RULES)), base=tmp_path)
     assert hub.caps == Caps(per_24h=3, per_30d=4, min_gap=4 * 3600)
-    assert hub.retry.by_reason == {"busy": RetryRule(2, 600.0), "no_answer": RetryRule(1, 7200.0)}
-    assert (hub.retry.attempts, hub.retry.delay, hub.retry.max_dials) == (1, 30.0, 5)
+    assert hub.retry.by_reason == {
+        "busy": RetryRule(2, 600.0),
+        "no_answer": RetryRule(1, 7200.0),
+        "failed": RetryRule(0, 30.0),  # no more tries after a failure; its delay the default
+    }
+    assert (hub.retry.attempts, hub.retry.delay, hub.retry.max_dials) == (1, 30.0, 4)
     assert hub.pacing.max_calls_per_second == 2.5
     leads = hub.calling_rules("leads")
     assert leads.pack is not None
@@ -273,6 +280,7 @@ def test_calling_rules_caps_retries_and_schedules_come_from_the_file(tmp_path: P
     # The hub's caps, the fr pack's (4 in 30 days, 60 days after a refusal), the strategy's.
     assert leads.caps == Caps(per_24h=1, per_30d=4, min_gap=4 * 3600,
                               cooldown_after_refusal=60 * 86400)  # fmt: skip
+    assert leads.opt_out_reasons == frozenset({"opted_out"})
     assert leads.schedule is not None
     assert (leads.schedule.active_from, leads.schedule.active_until) == (
         date(2026, 12, 1),
