@@ -562,8 +562,7 @@ def _flag(value: object, record_id: str) -> bool | None:
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
     logger.warning(
-        "dial.bad_option record=%s detect_turn_end=%r (not yes or no: the agent's default "
-        "applies)",
+        "dial.bad_option record=%s detect_turn_end=%r (not yes or no: the agent's default applies)",
         record_id,
         value,
     )
