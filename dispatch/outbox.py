@@ -240,5 +240,7 @@ class Outbox:
                     return f"no strategy named {callback.strategy!r} is configured"
                 await strategy.deliver(callback.name, callback.record, *callback.args)
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and not str(exc):  # ours: fail_after's
+                return f"TimeoutError: ran past its {self.timeout:g}s timeout"
             return f"{type(exc).__name__}: {exc}"
         return None

@@ -334,3 +334,81 @@ async def test_every_caller_refused_during_an_outage_gets_an_error_of_its_own(
             store.close()
     finally:
         await store.aclose()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_before_a_write(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server ends the pool's idle connection (a restart, an idle timeout): the next write
+    # finds out before it is sent (pre-ping) and takes a new one. No outage, nothing held.
+    import asyncpg  # type: ignore[import-untyped]
+
+    from dispatch.store import DoNotCall
+
+    store = outage_store(postgres_url)
+    await store.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            now = SystemClock().now()
+            await store.add_do_not_call([DoNotCall(PHONES[1], "cli")], at=now)
+            admin = await asyncpg.connect(postgres_url.replace("postgresql://", "postgres://", 1))
+            try:
+                ended = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    make_url(postgres_url).database,
+                )
+            finally:
+                await admin.close()
+            assert ended >= 1  # the pool's connection
+            with caplog.at_level(logging.WARNING), anyio.fail_after(10):
+                await store.add_do_not_call([DoNotCall(PHONES[2], "cli")], at=now)
+            store.close()
+    finally:
+        await store.aclose()
+    assert "store.unavailable" not in caplog.text
+    assert store.statistics().failed_tries == 0
+    assert await fetch(postgres_url, "SELECT phone FROM do_not_call ORDER BY phone") == [
+        (PHONES[1],),
+        (PHONES[2],),
+    ]
+
+
+async def test_what_an_outage_holds_in_memory_stays_bounded(
+    postgres_url: str, proxy: TcpProxy
+) -> None:
+    # However long the outage and however much the polls bring, the daemon holds one write
+    # per call that ended, one batch of skips (the poll waits for it) and a delivery mark or
+    # two: not a write per polled row.
+    agent = ScriptedAgent(auto_end=False)
+    calls = [rec(f"r{n}", PHONES[n]) for n in range(3)]
+    source = ListStrategy(calls)
+    store = outage_store(through(postgres_url, proxy))
+    hub = hub_on(store, agent, source, max_concurrent=3)
+    most = 0
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            await source.wait_for_events(3)  # three calls up
+            proxy.cut()
+            for call in list(agent.live.values()):
+                call.end("hangup", 1.0)
+            await store.wait_until(lambda s: s.held >= 3)
+            # A big poll of records that would each be skipped: intake waits for its first
+            # batch of skips to be committed before it makes the next.
+            source.records = calls + [rec(f"bad{n}", "not a number") for n in range(4500)]
+            source.poll_now()
+            await store.wait_until(lambda s: s.held >= 4)
+            tries = store.statistics().failed_tries
+            for more in range(1, 6):  # the outage goes on, try after try
+                await store.wait_until(lambda s, n=tries + more: s.failed_tries >= n)
+                most = max(most, store.statistics().held)
+                source.poll_now()
+            assert agent.dials[3:] == []
+            await proxy.restore()  # then the poll goes on, batch after batch
+            await source.signal.wait_until(lambda: len(source.named("skipped")) == 4500)
+            hub.stop()
+    assert most <= 3 + 3, most  # the outcomes, a batch of skips, a mark and a snapshot
+    states = await fetch(postgres_url, "SELECT state, count(*) FROM records GROUP BY state")
+    assert sorted(states) == [("completed", 3), ("skipped", 4500)]

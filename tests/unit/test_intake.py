@@ -161,18 +161,22 @@ async def test_a_poll_of_200000_records_never_stalls_the_event_loop(
         poll_interval=10_000.0,
         max_calls_per_minute=1,
     )
-    longest = 0.0
+    longest = busiest = 0.0
     most_tasks = 0
 
     async def ticker() -> None:
-        nonlocal longest, most_tasks
-        last = time.perf_counter()
+        # Between two ticks: the wall time, and the CPU time of the event loop's thread.
+        # A stall of ours is both; a machine busy with other work delays the tick without
+        # the loop doing anything (wall time only), which is not what this test is about.
+        nonlocal longest, busiest, most_tasks
+        last, last_cpu = time.perf_counter(), time.thread_time()
         while True:
             await anyio.sleep(0.005)
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.thread_time()
             longest = max(longest, now - last)
+            busiest = max(busiest, cpu - last_cpu)
             most_tasks = max(most_tasks, len(asyncio.all_tasks()))
-            last = now
+            last, last_cpu = now, cpu
 
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
@@ -186,7 +190,8 @@ async def test_a_poll_of_200000_records_never_stalls_the_event_loop(
                 await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
 
-    assert longest < 0.1, f"the event loop stalled for {longest * 1000:.0f} ms"
+    assert busiest < 0.1, f"the event loop ran {busiest * 1000:.0f} ms without a break"
+    assert longest < 0.5, f"the event loop stalled for {longest * 1000:.0f} ms"
     assert most_tasks < 50  # a task per admitted dial, never one per record
 
 

@@ -291,6 +291,52 @@ async def test_a_blocking_sync_callback_runs_in_a_thread_and_never_delays_a_dial
     assert len(source.named("dispatched")) == 10
 
 
+async def test_a_sync_callback_past_its_timeout_is_left_to_its_thread_and_retried(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first on_dispatched never returns by itself: the outbox gives up on it at the
+    # callback timeout (the thread is left to finish on its own), and delivers it again.
+    import threading
+
+    release = threading.Event()
+    tries: list[str] = []
+
+    class Stuck(ListStrategy):
+        def on_dispatched(self, record: Record, call_id: str) -> None:
+            tries.append(record.id)
+            if len(tries) == 1:
+                release.wait(timeout=30)
+                return
+            super().on_dispatched(record, call_id)
+
+    clock = ManualClock()
+    agent = ScriptedAgent()
+    source = Stuck([rec("r1", PHONES[1])])
+    hub = DispatchHub(
+        agent=agent,
+        strategies=[source],
+        store=store_for(sqlite_url, clock),
+        clock=clock,
+        callback_timeout=0.5,
+        callback_backoff=Backoff(initial=1.0, maximum=1.0),
+    )
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.run)
+                await clock.wait_until(lambda: 1.0 in clock.deadlines)  # timed out: backoff
+                clock.advance(1.0)
+                await source.signal.wait_until(lambda: bool(source.named("dispatched")))
+                hub.stop()
+    finally:
+        release.set()
+    assert tries == ["r1", "r1"]
+    assert (
+        "callback.failed strategy=list callback=on_dispatched record=r1 delivery=1 "
+        "error=TimeoutError: ran past its 0.5s timeout retry_in=1s"
+    ) in caplog.text
+
+
 # asyncio's debug mode refuses an event loop's state touched from another thread.
 # Without the hand-over, the wake-up is lost and the hub hangs: the timeout turns that red.
 @pytest.mark.timeout(30, method="thread")
