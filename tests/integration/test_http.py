@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import strategies
-from dispatch import CallResult, Malformed, Record, Removed
+from dispatch import CallEnd, CallResult, Malformed, Record, Removed
 from dispatch.abc import PollItem
 from dispatch.config import build_hub, load_settings
 from dispatch.errors import ConfigError, SourceError
@@ -858,7 +858,10 @@ async def test_the_hub_dials_the_good_items_through_bad_pages_and_writes_outcome
     patched: dict[str, list[Any]] = {}
 
     def patch(seen: Seen) -> Reply:
-        patched.setdefault(seen.path.rsplit("/", 1)[1], []).append(seen.json()["dispatch_status"])
+        body = seen.json()
+        patched.setdefault(seen.path.rsplit("/", 1)[1], []).append(
+            body.get("dispatch_status", body)  # an outcome's status, or a result's fields
+        )
         return as_json({})
 
     for n in range(1, 6):
@@ -866,12 +869,13 @@ async def test_the_hub_dials_the_good_items_through_bad_pages_and_writes_outcome
     clock = ManualClock()
     strategy = HttpStrategy(
         f"{api.url}/leads",
-        write_back=HttpWriteBack(url="leads/{id}"),
+        write_back=HttpWriteBack(url="leads/{id}", result_fields={"status": "appointment"}),
         retries=0,
         max_bytes=4096,
         clock=clock,
     )
-    agent = ScriptedAgent(script={PHONES[2]: ["busy"]})
+    said = CallResult("confirm_appointment", {"status": "confirmed"}, clock.now())
+    agent = ScriptedAgent(script={PHONES[2]: ["busy"], PHONES[3]: [CallEnd("hangup", 3, (said,))]})
     hub = hub_for(
         f"sqlite:///{tmp_path / 'ledger.db'}",
         agent,
@@ -897,7 +901,7 @@ async def test_the_hub_dials_the_good_items_through_bad_pages_and_writes_outcome
     assert patched == {
         "1": ["dispatched", "completed: hangup"],
         "2": ["failed: busy"],
-        "3": ["dispatched", "completed: hangup"],
+        "3": ["dispatched", {"appointment": "confirmed"}, "completed: hangup"],
         "4": ["skipped: malformed"],
         "5": ["dispatched", "completed: hangup"],
     }
