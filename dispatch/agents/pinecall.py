@@ -697,7 +697,7 @@ class PinecallAgent(Agent):
         """An ``error`` frame (of this agent, or of none): see ``docs/pinecall.md``."""
         code = str(frame.get("code") or "error")
         text = frame.get("error") or frame.get("message")
-        if code == "PHONE_IN_USE":
+        if code == "PHONE_IN_USE" or "PHONE_IN_USE" in str(text):  # the SDK checks both
             self._phone_in_use(frame.get("phone"))
             return
         call_id = frame.get("call_id")

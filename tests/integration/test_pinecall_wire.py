@@ -261,6 +261,24 @@ async def test_an_authenticated_frame_before_connected_is_tolerated() -> None:
 # -- caller ids --------------------------------------------------------------------------------
 
 
+async def test_a_caller_id_in_use_named_only_in_the_error_text_is_dropped_too() -> None:
+    # The SDK recognises the condition by its code or by its text: so does the adapter.
+    async with FakePinecall() as fake, running(fake, phone_numbers=[CALLER, CALLER_2]) as agent:
+        with anyio.fail_after(5):
+            await fake.send(
+                {
+                    "event": "error",
+                    "agent_id": "dialer",
+                    "phone": CALLER_2,
+                    "error": f"PHONE_IN_USE: {CALLER_2} is held by another agent",
+                }
+            )
+            await fake.flush()
+            with pytest.raises(DialRejected, match="caller_id_in_use"):
+                await agent.dial(request(PHONES[0], from_=CALLER_2))
+    assert fake.received("call.dial") == []
+
+
 async def test_a_caller_id_in_use_elsewhere_is_dropped_and_never_dialed_from(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
