@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -265,4 +266,21 @@ def _already_e164(text: str) -> str | None:
     if national.startswith("0"):  # a leading zero the parser keeps, or reads, its own way
         return None
     number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    first = _main_region(code)
+    if first is not None and phonenumbers.is_valid_number_for_region(number, first):
+        # What is_valid_number would find first, at half its cost: it tries the code's regions
+        # in order and takes the first whose types the number matches (its main region has no
+        # leading digits to decide by), then checks the number against that region again.
+        return text
     return text if phonenumbers.is_valid_number(number) else None
+
+
+@functools.cache
+def _main_region(code: int) -> str | None:
+    """The first region of a country code shared by several (US for +1), when the parser
+    picks it by the number's type alone (no leading digits); None otherwise."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ())
+    if len(regions) < 2:
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(regions[0], None)
+    return regions[0] if metadata is not None and metadata.leading_digits is None else None
