@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -21,6 +21,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+    from sqlalchemy.sql.type_api import _BindProcessorType
 
 __all__ = [
     "attempts",
@@ -43,6 +47,18 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> _BindProcessorType[datetime] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # SQLite's DATETIME text, "2026-01-05 15:00:00.000000", as SQLAlchemy writes it (the
+        # zone left out: the store writes UTC), by the C isoformat: a few datetimes a record,
+        # and SQLAlchemy's %-formatting cost a twentieth of the hub's time per record.
+        def process(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat(" ", "microseconds")[:26]
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -654,3 +654,28 @@ async def test_a_caller_already_cancelled_writes_nothing(store: Store) -> None:
         await intent(store, "a1", "r1")  # an intent for a dial that will not happen
     await intent(store, "a2", "r2")
     assert await fetch(_plain(store), "SELECT id FROM attempts") == [("a2",)]
+
+
+def test_sqlite_times_are_written_as_sqlalchemy_writes_them() -> None:
+    # The store's own (faster) SQLite processor must write the very text SQLAlchemy's does:
+    # SQLite compares times as text (`dialed_at > :since`), and reads them back by its format.
+    from datetime import timezone
+
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from dispatch.store.models import UtcDateTime
+
+    dialect = sqlite.dialect()
+    ours = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+    theirs = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None
+    assert theirs is not None
+    for value in (
+        datetime(2026, 1, 5, 15, 0, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(987, 6, 5, 4, 3, 2, 1, tzinfo=UTC),
+        datetime(2026, 3, 29, 2, 30, tzinfo=timezone(timedelta(hours=-5))),
+        None,
+    ):
+        assert ours(value) == theirs(value), value
