@@ -118,8 +118,8 @@ def test_an_unknown_default_region_exit_2(workdir: Path) -> None:
     result = dispatch("check", cwd=workdir)
     assert result.returncode == 2
     assert one_line(result) == (
-        "dispatch: configuration error: config.toml: default_region: Value error, unknown "
-        "region 'XX' (give a country code phonenumbers knows: US, GB, FR...)"
+        "dispatch: configuration error: config.toml: default_region: unknown region 'XX' "
+        "(give a country code phonenumbers knows: US, GB, FR...)"
     )
 
 
@@ -173,3 +173,61 @@ def test_status_and_history_say_their_times_are_utc(workdir: Path) -> None:
     assert status[1].endswith(" UTC")  # the reminders row's last poll
     history = dispatch("history", "--record", "appt-001", cwd=workdir).stdout.splitlines()
     assert history[1].count(" UTC") == 2  # dialed at, ended at
+
+
+STORE_FORMS = (
+    "[store] url is sqlite:///path/to/dispatch.db (relative to the configuration file; "
+    "sqlite:////var/lib/... for an absolute path) or postgresql://user:password@host/db"
+)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "status"])
+def test_a_store_url_that_is_not_a_url_is_one_line_naming_the_key_and_the_right_form(
+    workdir: Path, command: str
+) -> None:
+    edit(workdir, 'url = "sqlite:///dispatch.db"', 'url = "dispatch.db"')
+    result = dispatch(command, cwd=workdir)
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"dispatch: configuration error: config.toml: store.url: not a URL: {STORE_FORMS}"
+    )
+
+
+def test_a_sqlite_url_with_two_slashes_is_refused_before_anything_starts(workdir: Path) -> None:
+    edit(workdir, 'url = "sqlite:///dispatch.db"', 'url = "sqlite://dispatch.db"')
+    for command in ("run", "check", "status"):
+        result = dispatch(command, cwd=workdir)
+        assert result.returncode == 2
+        assert one_line(result) == (
+            "dispatch: configuration error: config.toml: store.url: sqlite://dispatch.db names "
+            f"a host, not a file (two slashes where three belong): {STORE_FORMS}"
+        )
+    assert not (workdir / "dispatch.db").exists()
+
+
+def test_a_store_url_from_the_environment_is_blamed_on_the_variable(workdir: Path) -> None:
+    # A URL that does not parse is never quoted: it may hold a password.
+    broken = {"DISPATCH_STORE__URL": "postgres:/dialer:pw-for-the-test@db/x"}
+    for command in ("run", "check", "status"):
+        result = dispatch(command, cwd=workdir, env=broken)
+        assert result.returncode == 2
+        assert one_line(result) == (
+            "dispatch: configuration error: environment variable DISPATCH_STORE__URL (sets "
+            f"store.url): not a URL: {STORE_FORMS}"
+        )
+    result = dispatch("check", cwd=workdir, env={"DISPATCH_STORE__URL": "mysqlx://foo"})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "dispatch: configuration error: environment variable DISPATCH_STORE__URL (sets "
+        f"store.url): unsupported store 'mysqlx': {STORE_FORMS}"
+    )
+
+
+def test_an_override_of_one_list_item_is_blamed_on_the_variable(workdir: Path) -> None:
+    result = dispatch("check", cwd=workdir, env={"DISPATCH_STRATEGIES__0__PATH": "nope.csv"})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "dispatch: configuration error: environment variable DISPATCH_STRATEGIES__0__PATH (sets "
+        "strategies): Input should be a valid list (a list cannot be changed item by item from "
+        "the environment: set the whole list as JSON in DISPATCH_STRATEGIES, or change the file)"
+    )
