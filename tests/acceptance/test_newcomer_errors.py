@@ -5,8 +5,11 @@ traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -231,3 +234,93 @@ def test_an_override_of_one_list_item_is_blamed_on_the_variable(workdir: Path) -
         "strategies): Input should be a valid list (a list cannot be changed item by item from "
         "the environment: set the whole list as JSON in DISPATCH_STRATEGIES, or change the file)"
     )
+
+
+STORE_HINT = (
+    "is the database running and reachable, and is [store] url (or DISPATCH_STORE__URL) right?"
+)
+
+
+def test_status_and_check_on_an_unreachable_store_name_the_fix(workdir: Path) -> None:
+    env = {"DISPATCH_STORE__URL": UNREACHABLE}
+    status = dispatch("status", cwd=workdir, env=env)
+    assert status.returncode == 1
+    line = one_line(status)
+    assert line.startswith("dispatch: store unreachable while reading the status (")
+    assert line.endswith(f"); {STORE_HINT}")
+    check = dispatch("check", cwd=workdir, env=env)
+    assert check.returncode == 1
+    first = check.stdout.splitlines()[0]
+    assert first.startswith("FAIL store: store unreachable while migrating Store(")
+    assert first.endswith(f"); {STORE_HINT}")
+    assert "pw-for-the-test" not in check.stdout + status.stderr
+
+
+def test_check_names_the_extra_for_a_sql_source_whose_driver_is_missing(
+    workdir: Path, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "aiomysql"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'aiomysql'\", name='aiomysql')\n"
+    )
+    (workdir / "config.toml").write_text(
+        '[[strategies]]\nkind = "sql"\nname = "crm"\n'
+        'url = "mysql://root@127.0.0.1:3306/test"\ntable = "leads"\n'
+    )
+    result = dispatch("check", cwd=workdir, env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == (
+        "FAIL strategy crm: the MySQL/MariaDB driver is not installed (No module named "
+        "'aiomysql'): pip install 'pinecall-dispatch[mysql]'"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that takes connections (the kernel completes them) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield int(listener.getsockname()[1])
+
+
+def test_check_gives_each_part_a_deadline_that_says_what_did_not_answer(
+    workdir: Path, silent_port: int
+) -> None:
+    (workdir / "config.toml").write_text(
+        f"""
+[store]
+url = "postgresql://dialer:pw-for-the-test@127.0.0.1:{silent_port}/dispatch"
+[agent]
+kind = "pinecall"
+agent_id = "dialer"
+url = "ws://127.0.0.1:1"
+[[strategies]]
+kind = "http"
+name = "crm"
+url = "http://127.0.0.1:{silent_port}/leads"
+"""
+    )
+    started = time.monotonic()
+    result = dispatch("check", "--timeout", "1", cwd=workdir, env={"PINECALL_API_KEY": "pk_x"})
+    assert time.monotonic() - started < 30  # not the HTTP source's 30 s timeout, 4 times
+    assert result.returncode == 1
+    report = [line for line in result.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
+    assert report == [
+        f"FAIL store: no answer from Store('postgresql+asyncpg://dialer:***@127.0.0.1:"
+        f"{silent_port}/dispatch') after 1 s ({STORE_HINT})",
+        "FAIL agent: cannot connect to PinecallAgent(agent_id='dialer', url='ws://127.0.0.1:1') "
+        "after 1 s (is the url right, and the platform reachable from here?)",
+        "FAIL strategy crm: no answer from the source after 1 s (is it reachable from here, and "
+        "answering? `dispatch run` would keep polling it)",
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_waits_10_s_for_each_part_unless_told(workdir: Path) -> None:
+    result = subprocess.run(
+        [DISPATCH, "check", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "each strategy's poll may take (default: 10)" in " ".join(result.stdout.split())
