@@ -368,8 +368,9 @@ class PinecallAgentConfig(_AgentSection):
             if credential.exists():
                 return read_secret(credential, "the pinecall_api_key credential")
         raise ConfigError(
-            "agent: no Pinecall API key (set PINECALL_API_KEY, agent.api_key_file or a systemd "
-            "credential named pinecall_api_key)"
+            "agent: no Pinecall API key (set agent.api_key_file, PINECALL_API_KEY or the "
+            "systemd credential pinecall_api_key: /etc/credstore/pinecall_api_key with the "
+            "shipped unit)"
         )
 
     def build(self) -> Agent:

@@ -372,7 +372,9 @@ def test_the_unit_is_a_watched_notify_service_with_a_place_for_a_live_csv(unit: 
     }.items():
         assert found.get(key) == [value], key
     assert float(found["WatchdogSec"][0]) > 0
-    assert "LoadCredential=pinecall_api_key:" in unit.read_text()  # shown, commented out
+    # Active, by its bare name: systemd looks it up in /etc/credstore/ and skips it when it
+    # is not there (a path, NAME:/path, would make a missing file fail the start).
+    assert found["LoadCredential"] == ["pinecall_api_key"]
 
 
 def test_the_unit_passes_systemd_analyze_verify(systemd_analyze: str, unit: Path) -> None:
