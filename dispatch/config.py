@@ -6,7 +6,8 @@ reach from Python. Relative paths (the CSV file, a SQLite database) are resolved
 directory holding the configuration file.
 
 Environment overrides use ``__`` between levels: ``DISPATCH_PACING__MAX_CONCURRENT=5``,
-``DISPATCH_STORE__URL=postgresql://...``. They win over the file.
+``DISPATCH_STORE__URL=postgresql://...``. They win over the same key in the file (other
+variables, such as ``PINECALL_API_KEY``, have their own place in the order of their key).
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ class PinecallAgentConfig(_AgentSection):
 
     def api_key_value(self) -> str:
         """The key from ``api_key``, ``api_key_file``, ``PINECALL_API_KEY`` or the systemd
-        credential ``pinecall_api_key``, in that order; never logged."""
+        credential ``pinecall_api_key``: the first one set, in that order (as
+        docs/configuration.md says); never logged."""
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         if self.api_key_file is not None:
