@@ -324,3 +324,43 @@ def test_check_waits_10_s_for_each_part_unless_told(workdir: Path) -> None:
         [DISPATCH, "check", "--help"], capture_output=True, text=True, timeout=60, check=True
     )
     assert "each strategy's poll may take (default: 10)" in " ".join(result.stdout.split())
+
+
+def test_a_python_strategy_beside_the_configuration_runs_from_another_directory(
+    tmp_path: Path,
+) -> None:
+    campaign, elsewhere = tmp_path / "campaign", tmp_path / "elsewhere"
+    campaign.mkdir()
+    elsewhere.mkdir()
+    (campaign / "my_crm.py").write_text(
+        "from dispatch import Record, Strategy\n\n\n"
+        "class Crm(Strategy):\n"
+        "    def __init__(self, name: str = 'crm', phones: list[str] = ()) -> None:\n"
+        "        super().__init__(name)\n"
+        "        self.phones = list(phones)\n\n"
+        "    async def poll(self) -> list[Record]:\n"
+        "        return [Record(id=f'lead-{n}', phone=p) for n, p in enumerate(self.phones)]\n"
+    )
+    (campaign / "config.toml").write_text(
+        '[store]\nurl = "sqlite:///dispatch.db"\n'
+        '[agent]\nkind = "simulated"\ntime_scale = 0\nanswered = 1\nno_answer = 0\n'
+        "busy = 0\nfailed = 0\n"
+        '[[strategies]]\nkind = "python"\npath = "my_crm:Crm"\n'
+        'options = { phones = ["+14155552671", "+14155552672"] }\n'
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    environ.pop("PYTHONPATH", None)  # found beside the file, not through the path
+    for command in (["check"], ["run", "--exit-when-done"]):
+        result = subprocess.run(
+            [DISPATCH, command[0], "-c", str(campaign / "config.toml"), *command[1:]],
+            cwd=elsewhere,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "dial.start strategy=crm record=lead-1 " in result.stdout
+    assert (campaign / "dispatch.db").exists()  # beside the file as well, not here
+    assert list(elsewhere.iterdir()) == []
