@@ -23,11 +23,11 @@ UNREACHABLE = "postgresql://dialer:pw-for-the-test@127.0.0.1:1/dispatch"
 
 
 def dispatch(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
+    *args: str, cwd: Path, env: dict[str, str] | None = None, config: str = "config.toml"
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     return subprocess.run(
-        [DISPATCH, *args, "-c", "config.toml"],
+        [DISPATCH, *args, "-c", config],
         cwd=cwd,
         env={**environ, **(env or {})},
         capture_output=True,
@@ -35,6 +35,16 @@ def dispatch(
         timeout=120,
         check=False,
     )
+
+
+def not_installed(tmp_path: Path, module: str) -> str:
+    """A PYTHONPATH on which ``module`` is missing, as on a machine without its extra."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n"
+    )
+    return str(shadow.parent)
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -66,13 +76,7 @@ def test_an_unreachable_store_is_one_line_naming_it_and_exit_1(workdir: Path) ->
 def test_a_missing_driver_names_the_extra_to_install_and_exit_2(
     workdir: Path, tmp_path: Path
 ) -> None:
-    # asyncpg as a machine without the [postgres] extra has it: not importable.
-    shadow = tmp_path / "shadow" / "asyncpg"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'asyncpg'\", name='asyncpg')\n"
-    )
-    env = {"DISPATCH_STORE__URL": UNREACHABLE, "PYTHONPATH": str(tmp_path / "shadow")}
+    env = {"DISPATCH_STORE__URL": UNREACHABLE, "PYTHONPATH": not_installed(tmp_path, "asyncpg")}
     for command in ("run", "check"):
         result = dispatch(command, cwd=workdir, env=env)
         assert result.returncode == 2, result.stderr
@@ -259,16 +263,11 @@ def test_status_and_check_on_an_unreachable_store_name_the_fix(workdir: Path) ->
 def test_check_names_the_extra_for_a_sql_source_whose_driver_is_missing(
     workdir: Path, tmp_path: Path
 ) -> None:
-    shadow = tmp_path / "shadow" / "aiomysql"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'aiomysql'\", name='aiomysql')\n"
-    )
     (workdir / "config.toml").write_text(
         '[[strategies]]\nkind = "sql"\nname = "crm"\n'
         'url = "mysql://root@127.0.0.1:3306/test"\ntable = "leads"\n'
     )
-    result = dispatch("check", cwd=workdir, env={"PYTHONPATH": str(tmp_path / "shadow")})
+    result = dispatch("check", cwd=workdir, env={"PYTHONPATH": not_installed(tmp_path, "aiomysql")})
     assert result.returncode == 1
     assert result.stdout.splitlines()[-1] == (
         "FAIL strategy crm: the MySQL/MariaDB driver is not installed (No module named "
@@ -348,18 +347,8 @@ def test_a_python_strategy_beside_the_configuration_runs_from_another_directory(
         '[[strategies]]\nkind = "python"\npath = "my_crm:Crm"\n'
         'options = { phones = ["+14155552671", "+14155552672"] }\n'
     )
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-    environ.pop("PYTHONPATH", None)  # found beside the file, not through the path
     for command in (["check"], ["run", "--exit-when-done"]):
-        result = subprocess.run(
-            [DISPATCH, command[0], "-c", str(campaign / "config.toml"), *command[1:]],
-            cwd=elsewhere,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = dispatch(*command, cwd=elsewhere, config=str(campaign / "config.toml"))
         assert result.returncode == 0, result.stdout + result.stderr
     assert "dial.start strategy=crm record=lead-1 " in result.stdout
     assert (campaign / "dispatch.db").exists()  # beside the file as well, not here
