@@ -49,12 +49,38 @@ logger = logging.getLogger(__name__)
 START_MARGIN = 1.0
 
 
+# Distinct reasons counted per attempt state; more are counted as "other". The platform's
+# words are few, but nothing bounds them, and each one is a time series of the metrics.
+MAX_REASONS = 64
+_OWN_WORDS = (AttemptState.COMPLETED, AttemptState.REJECTED)  # reasons worth a label
+
+
 @dataclass(slots=True)
 class Counters:
+    """Plain ints, bumped on the hot path and read by statistics() and the metrics."""
+
     dialed: int = 0
     completed: int = 0
     failed: int = 0
     skipped: int = 0
+    # Attempts ended, by final state and reason: completed/hangup, rejected/busy ...
+    ended: dict[AttemptState, dict[str, int]] = field(
+        default_factory=lambda: {state: {} for state in AttemptState if not state.in_flight}
+    )
+    skips: dict[str, int] = field(default_factory=dict)  # skipped records, by reason
+
+    def ended_with(self, state: AttemptState, reason: str | None) -> None:
+        """Count an attempt's committed outcome by its reason's first word (``call_error``
+        for ``call_error: <the platform's message>``). An unknown or interrupted one is
+        counted by its state alone: its reason is free text (the error that made it so)."""
+        if state not in _OWN_WORDS or not reason:
+            reason = state.value
+        elif ":" in reason:
+            reason = reason.split(":", 1)[0]
+        by_reason = self.ended[state]
+        if reason not in by_reason and len(by_reason) >= MAX_REASONS:
+            reason = "other"
+        by_reason[reason] = by_reason.get(reason, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +396,7 @@ class Attempts:
             self._remember_unknown(attempt_id, source, record, number)
         wait = (retry_at - now).total_seconds() if retry_at is not None else 0.0
         self._log_outcome(record, number, outcome, record_state, wait)
+        self.counters.ended_with(outcome.state, outcome.reason)
         if action is not None and action.kind is not ActionKind.DONE:
             logger.info(
                 "result.action record=%s action=%s at=%s",

@@ -17,17 +17,18 @@ from typing import Any
 
 import anyio
 
-from .abc import Strategy
+from .abc import PollItem, Strategy
 from .admission import Admission, Skip
 from .clock import Clock, SystemClock
 from .config import Settings, store_url
-from .errors import DispatchError, dispatch_error_in
+from .errors import DispatchError, StoreUnavailable, dispatch_error_in
 from .hub import DispatchHub, poll_items
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .rules.caps import CapTracker
 from .rules.dnc import DoNotCallList
 from .rules.gate import CallingRules, Gate, Hold
 from .rules.gate import Refuse as GateRefuse
+from .service.preflight import STORE_HINT, missing_extra
 from .store import KnownRecord, Store
 
 __all__ = ["CheckReport", "check"]
@@ -88,53 +89,82 @@ class CheckReport:
         return out
 
 
+# How long each part of the check (the store, the agent, each strategy's poll) may take: a
+# part that keeps reconnecting or never answers is a finding, not a reason to wait for ever.
+DEADLINE = 10.0
+CLOSE_DEADLINE = 5.0  # for closing what a part opened, once it is over
+
+
 async def check(
-    settings: Settings, base: Path, *, limit: int, clock: Clock | None = None
+    settings: Settings,
+    base: Path,
+    *,
+    limit: int,
+    clock: Clock | None = None,
+    deadline: float = DEADLINE,
 ) -> CheckReport:
     """Reach the store and the agent and dry-run one poll of each strategy, as of ``clock``'s
-    time (now, by default)."""
+    time (now, by default), giving each of them ``deadline`` seconds."""
     from .config import build_hub
 
     hub = build_hub(settings, base=base)
-    parts: list[_Part] = []
-    known: dict[tuple[str, str], KnownRecord] = {}
-    store = Store(store_url(settings, base))
     clock = clock or SystemClock()
+    store = Store(store_url(settings, base))
     dnc, tracker = DoNotCallList(), CapTracker()
-    try:
-        await store.open()
-        known = await store.known_records()
-        listed = await store.do_not_call()
-        dnc.replace({p: e.added_at for p, e in listed.items()}, (len(listed), None))
-        horizon = max((hub.calling_rules(s.name).caps.horizon for s in hub.strategies), default=0)
-        if horizon:
-            tracker.load(await store.dial_history(clock.now() - timedelta(seconds=horizon)))
-        parts.append(_Part("store", detail=f"{store} reachable, schema up to date"))
-    except DispatchError as exc:
-        parts.append(_Part("store", ok=False, detail=str(exc)))
-    finally:
-        await store.aclose()
-    parts.append(await _agent(hub))
+    part, known = await _store(store, hub, dnc, tracker, clock, deadline)
+    parts = [part, await _agent(hub, deadline)]
     admission = Admission(default_region=settings.default_region, clock=clock)
     max_dials = hub.retry.max_dials
     gate = Gate(dnc, tracker)
     sources = [
-        await _poll(s, admission, known, limit, max_dials, gate, hub.calling_rules(s.name), clock)
+        await _poll(
+            s, admission, known, limit, max_dials, gate, hub.calling_rules(s.name), clock, deadline
+        )
         for s in hub.strategies
     ]
     return CheckReport(parts, sources)
 
 
-# How long the check waits for the agent: one that keeps reconnecting is a finding, not a
-# reason to wait for ever.
-AGENT_DEADLINE = 10.0
+async def _store(
+    store: Store,
+    hub: DispatchHub,
+    dnc: DoNotCallList,
+    tracker: CapTracker,
+    clock: Clock,
+    deadline: float,
+) -> tuple[_Part, dict[tuple[str, str], KnownRecord]]:
+    """Open (and migrate) the store and read what admission needs of it: the records it
+    knows, the do-not-call list and the dial history the caps look at."""
+    known: dict[tuple[str, str], KnownRecord] = {}
+    part = _Part("store", detail=f"{store} reachable, schema up to date")
+    with anyio.move_on_after(deadline) as scope:
+        try:
+            await store.open()
+            known = await store.known_records()
+            listed = await store.do_not_call()
+            dnc.replace({p: e.added_at for p, e in listed.items()}, (len(listed), None))
+            rules = (hub.calling_rules(s.name) for s in hub.strategies)
+            horizon = max((r.caps.horizon for r in rules), default=0)
+            if horizon:
+                since = clock.now() - timedelta(seconds=horizon)
+                tracker.load(await store.dial_history(since))
+        except DispatchError as exc:
+            hint = f"; {STORE_HINT}" if isinstance(exc, StoreUnavailable) else ""
+            part = _Part("store", ok=False, detail=f"{exc}{hint}")
+        finally:
+            with anyio.move_on_after(CLOSE_DEADLINE, shield=True):
+                await store.aclose()
+    if scope.cancelled_caught:
+        part = _Part("store", ok=False, detail=f"no answer from {store} after {deadline:g} s "
+                     f"({STORE_HINT})")  # fmt: skip
+    return part, known
 
 
-async def _agent(hub: DispatchHub) -> _Part:
+async def _agent(hub: DispatchHub, deadline: float) -> _Part:
     # The agent is opened and closed inside the deadline's scope: an agent's open() may enter
     # a task group that only its aclose() leaves, and scopes must nest.
     part = _Part("agent", detail=f"{hub.agent!r} connected and ready")
-    with anyio.move_on_after(AGENT_DEADLINE) as deadline:
+    with anyio.move_on_after(deadline) as scope:
         try:
             await hub.agent.open(None)  # no hub behind it: nothing is dialed, nothing reported
         except Exception as exc:  # every failure is a finding of the check
@@ -145,10 +175,10 @@ async def _agent(hub: DispatchHub) -> _Part:
             # sits in. An open() cut short by the deadline closes what it opened itself.
             with contextlib.suppress(Exception):
                 await hub.agent.aclose()  # a failed open is what the check reports
-    if deadline.cancelled_caught:
+    if scope.cancelled_caught:
         detail = (
-            f"{hub.agent!r}: cannot connect after {AGENT_DEADLINE:g} s (is the url right, and "
-            "the platform reachable from here?)"
+            f"cannot connect to {hub.agent!r} after {deadline:g} s (is the url right, and the "
+            "platform reachable from here?)"
         )
         return _Part("agent", ok=False, detail=detail)
     return part
@@ -163,15 +193,26 @@ async def _poll(
     gate: Gate,
     rules: CallingRules,
     clock: Clock,
+    deadline: float,
 ) -> _Source:
     report = _Source(strategy.name)
-    try:
-        await strategy.open(None)
-        items = [item async for item in poll_items(strategy)]
-    except Exception as exc:
-        return _Source(strategy.name, ok=False, detail=f"{type(exc).__name__}: {exc}")
-    finally:
-        await strategy.aclose()
+    items: list[PollItem] = []
+    with anyio.move_on_after(deadline) as scope:
+        try:
+            await strategy.open(None)
+            items = [item async for item in poll_items(strategy)]
+        except Exception as exc:
+            detail = missing_extra(exc) or f"{type(exc).__name__}: {exc}"
+            return _Source(strategy.name, ok=False, detail=detail)
+        finally:
+            with anyio.move_on_after(CLOSE_DEADLINE, shield=True):
+                await strategy.aclose()
+    if scope.cancelled_caught:
+        detail = (
+            f"no answer from the source after {deadline:g} s (is it reachable from here, and "
+            "answering? `dispatch run` would keep polling it)"
+        )
+        return _Source(strategy.name, ok=False, detail=detail)
     for item in items:
         # The decision `dispatch run` takes, for a hub that holds nothing yet.
         verdict = decide(

@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--limit", type=int, default=20, help="records listed per strategy (default: %(default)s)"
     )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,  # dispatch.check.DEADLINE, not imported here: --help stays fast
+        metavar="SECONDS",
+        help="how long the store, the agent and each strategy's poll may take (default: "
+        "%(default)g)",
+    )
 
     status = commands.add_parser("status", help="counts per strategy and state, calls in flight")
     _config_option(status)
@@ -133,6 +141,13 @@ def _pause_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         _config_option(each)
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -176,7 +191,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"dispatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     base = args.config.resolve().parent
-    from .service.preflight import missing_extra, preflight
+    from .service.preflight import STORE_HINT, missing_extra, preflight
     from .service.secrets import configured_secrets
 
     register_secrets(configured_secrets(settings, base))
@@ -196,11 +211,8 @@ def _main(args: argparse.Namespace) -> int:
         if error is None:
             raise
         message = redact(str(error))
-        if isinstance(error, StoreUnavailable) and args.command in ("run", "db"):
-            message += (
-                "; is the database running and reachable, and is [store] url (or "
-                "DISPATCH_STORE__URL) right?"
-            )
+        if isinstance(error, StoreUnavailable):
+            message += f"; {STORE_HINT}"
         if args.command in ("status", "history", "check", "dnc", "pause", "resume"):
             print(f"dispatch: {message}", file=sys.stderr)
         else:
@@ -225,7 +237,9 @@ def _command(args: argparse.Namespace, settings: Settings, base: Path) -> int:
         from .check import check
         from .logs import redact
 
-        found = anyio.run(functools.partial(check, settings, base, limit=args.limit))
+        found = anyio.run(
+            functools.partial(check, settings, base, limit=args.limit, deadline=args.timeout)
+        )
         text = json.dumps(found.as_json(), indent=2) if args.json else "\n".join(found.lines())
         print(redact(text))
         return EXIT_OK if found.ok else EXIT_FAILURE

@@ -6,7 +6,8 @@ reach from Python. Relative paths (the CSV file, a SQLite database) are resolved
 directory holding the configuration file.
 
 Environment overrides use ``__`` between levels: ``DISPATCH_PACING__MAX_CONCURRENT=5``,
-``DISPATCH_STORE__URL=postgresql://...``. They win over the file.
+``DISPATCH_STORE__URL=postgresql://...``. They win over the same key in the file (other
+variables, such as ``PINECALL_API_KEY``, have their own place in the order of their key).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +36,7 @@ from pydantic_settings import (
     SettingsError,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from .abc import Agent, Strategy
 from .agents import SimulatedAgent
@@ -36,7 +46,7 @@ from .options import Backoff, Pacing, RecoverMode, RetryPolicy, RetryRule
 from .results import ActionKind
 from .rules.caps import Caps
 from .rules.gate import CallingRules
-from .store import Heartbeat, Store
+from .store import Heartbeat, Store, async_url
 
 if TYPE_CHECKING:
     from strategies._writeback import WriteBack
@@ -64,8 +74,41 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# What a store URL looks like, for the messages that refuse one.
+STORE_URL_FORMS = (
+    "sqlite:///path/to/dispatch.db (relative to the configuration file; sqlite:////var/lib/... "
+    "for an absolute path) or postgresql://user:password@host/db"
+)
+
+
+def _store_url(value: object) -> object:
+    """A URL SQLAlchemy reads, of a store we support: refused here, with the forms that work,
+    rather than as a driver's traceback when the store is opened. The value is never quoted:
+    a URL that does not parse may still hold a password."""
+    if not isinstance(value, str):
+        return value
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"not a URL: [store] url is {STORE_URL_FORMS}") from None
+    if url.get_backend_name() == "sqlite" and url.host:
+        raise ValueError(
+            f"sqlite://{url.host} names a host, not a file (two slashes where three belong): "
+            f"[store] url is {STORE_URL_FORMS}"
+        )
+    try:
+        async_url(url)
+    except StoreError:
+        raise ValueError(
+            f"unsupported store {url.get_backend_name()!r}: [store] url is {STORE_URL_FORMS}"
+        ) from None
+    return value
+
+
 class StoreConfig(_Section):
-    url: str = Field("sqlite:///dispatch.db", description="SQLAlchemy URL of the ledger.")
+    url: Annotated[str, AfterValidator(_store_url)] = Field(
+        "sqlite:///dispatch.db", description="SQLAlchemy URL of the ledger."
+    )
     retry_initial: float = Field(
         0.5, gt=0, description="First wait before reaching an unreachable store again."
     )
@@ -314,7 +357,8 @@ class PinecallAgentConfig(_AgentSection):
 
     def api_key_value(self) -> str:
         """The key from ``api_key``, ``api_key_file``, ``PINECALL_API_KEY`` or the systemd
-        credential ``pinecall_api_key``, in that order; never logged."""
+        credential ``pinecall_api_key``: the first one set, in that order (as
+        docs/configuration.md says); never logged."""
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         if self.api_key_file is not None:
@@ -326,8 +370,9 @@ class PinecallAgentConfig(_AgentSection):
             if credential.exists():
                 return read_secret(credential, "the pinecall_api_key credential")
         raise ConfigError(
-            "agent: no Pinecall API key (set PINECALL_API_KEY, agent.api_key_file or a systemd "
-            "credential named pinecall_api_key)"
+            "agent: no Pinecall API key (set agent.api_key_file, PINECALL_API_KEY or the "
+            "systemd credential pinecall_api_key: /etc/credstore/pinecall_api_key with the "
+            "shipped unit)"
         )
 
     def build(self) -> Agent:
@@ -751,12 +796,20 @@ def _describe(exc: ValidationError, path: Path) -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "value_error" and "error" in error.get("ctx", {}):
+            message = str(error["ctx"]["error"])  # our own words, without "Value error, "
         # The environment wins over the file: blame the variable when one sets this key.
         variable = _env_variable(loc)
-        if variable is not None:
-            overridden.append(f"environment variable {variable} (sets {key}): {message}")
-        else:
+        if variable is None:
             problems.append(f"{key or '(top level)'}: {message}")
+            continue
+        if variable.upper().startswith(_env_name(loc) + "__") and error["type"] == "list_type":
+            # DISPATCH_STRATEGIES__0__PATH made `strategies` a table {"0": {...}}, not a list.
+            message += (
+                " (a list cannot be changed item by item from the environment: set the whole "
+                f"list as JSON in {_env_name(loc)}, or change the file)"
+            )
+        overridden.append(f"environment variable {variable} (sets {key}): {message}")
     return "; ".join(([f"{path}: " + "; ".join(problems)] if problems else []) + overridden)
 
 
@@ -765,15 +818,25 @@ def _env_variables() -> dict[str, str]:
     return {k.upper(): k for k in os.environ if k.upper().startswith("DISPATCH_")}
 
 
+def _env_name(loc: list[int | str]) -> str:
+    """The variable named after the key at ``loc``, up to its first list index
+    (``["pacing", "max_concurrent"]`` -> ``DISPATCH_PACING__MAX_CONCURRENT``)."""
+    keys = [str(p) for p in loc[: next((i for i, p in enumerate(loc) if isinstance(p, int)), None)]]
+    return "DISPATCH_" + "__".join(keys).upper()
+
+
 def _env_variable(loc: list[int | str]) -> str | None:
     """The variable that set the value at ``loc`` (``DISPATCH_PACING__MAX_CONCURRENT``, or
-    ``DISPATCH_PACING`` holding JSON), if one did."""
+    ``DISPATCH_PACING`` holding JSON), or one below it that replaced it
+    (``DISPATCH_STRATEGIES__0__PATH`` makes ``strategies`` a table), if one did."""
     names = _env_variables()
-    keys = [str(p) for p in loc[: next((i for i, p in enumerate(loc) if isinstance(p, int)), None)]]
+    full = _env_name(loc)
+    keys = full.removeprefix("DISPATCH_").split("__")
     for n in range(len(keys), 0, -1):
-        if (name := "DISPATCH_" + "__".join(keys[:n]).upper()) in names:
+        if (name := "DISPATCH_" + "__".join(keys[:n])) in names:
             return names[name]
-    return None
+    below = sorted(name for name in names if name.startswith(full + "__"))
+    return names[below[0]] if below and full != "DISPATCH_" else None
 
 
 def read_secret(path: Path, key: str) -> str:

@@ -23,12 +23,13 @@ from anyio.abc import TaskStatus
 
 from .config import Settings, build_hub
 from .hub import DispatchHub
+from .service.backlog import OutboxBacklog
 from .service.metrics import serve_metrics
 from .service.notify import Notifier
 from .service.progress import on_terminal, show_progress
 from .service.reload import Reloader
 from .service.signals import watch_signals
-from .service.status import hub_status, report_status
+from .service.status import ServiceStatus, report_status
 from .service.watchdog import feed_watchdog, watchdog_interval
 
 __all__ = ["run_daemon"]
@@ -49,21 +50,24 @@ async def run_daemon(
     hub = build_hub(settings, base=base, exit_when_done=exit_when_done)
     notifier = Notifier.from_environ(environ)
     reloader = Reloader(hub, settings, config, base)
+    backlog = OutboxBacklog(hub.store, hub.clock)  # one reader for STATUS= and /metrics
+    status = ServiceStatus(hub, notifier, backlog)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_signals, hub, notifier, reloader)
+            tg.start_soon(watch_signals, hub, status, reloader)
             interval = watchdog_interval(environ)
             if interval is not None and notifier.enabled:
                 tg.start_soon(feed_watchdog, notifier, interval)
             if settings.metrics.listen is not None:
                 # Up before the hub, so a prober sees the daemon while it starts.
-                await tg.start(serve_metrics, hub, settings.metrics)
+                await tg.start(serve_metrics, hub, settings.metrics, backlog)
             notifier.status("starting: opening the store, the agent and the strategies")
             # Returns once the hub runs: what READY=1 promises.
             await tg.start(_run, hub, tg.cancel_scope)
-            status = hub_status(hub, notifier)
-            notifier.ready(status)
-            tg.start_soon(report_status, notifier, hub, status)
+            await status.refresh()  # the day's dials and the backlog, bounded in time
+            line = status.line()
+            notifier.ready(line)
+            tg.start_soon(report_status, status, line)
             tg.start_soon(
                 partial(show_progress, hub, live=on_terminal((sys.stdout, sys.stderr), environ))
             )

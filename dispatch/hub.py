@@ -32,6 +32,7 @@ from .admission import Admission
 from .attempts import START_MARGIN, Attempts, Counters
 from .clock import Clock, SystemClock, in_loop, wait_for
 from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
+from .histogram import HistogramStatistics
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
 from .options import Backoff, Pacing, RecoverMode, RetryPolicy
 from .outbox import CONCURRENCY as CALLBACK_CONCURRENCY
@@ -90,6 +91,10 @@ class HubStatistics:
     held_numbers: int = 0  # numbers not dialed for now: a call to them may still be live
     do_not_call: int = 0  # numbers on the do-not-call list, as last read from the store
     paused: frozenset[str] = frozenset()  # strategies `dispatch pause` holds, as last read
+    # Attempts ended, by final state ("completed", "rejected" ...) and reason ("hangup",
+    # "busy" ...); skipped records by reason. Copies: the hub's own counters go on.
+    ended: dict[str, dict[str, int]] = field(default_factory=dict)
+    skips: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,8 @@ class StrategyStatistics:
     done: int  # records that reached a terminal state (completed, failed, skipped ...)
     paused: bool = False
     waiting_for: dict[str, int] = field(default_factory=dict)  # waiting, by what for
+    poll_failures: int = 0  # polls that raised (this version of the strategy)
+    poll_seconds: HistogramStatistics | None = None  # each good poll, its intake included
 
 
 class DispatchHub:
@@ -308,6 +315,8 @@ class DispatchHub:
             paused=frozenset(
                 s.name for s in self._sources if controls.is_paused(self._pauses, s.name)
             ),
+            ended={str(state): dict(by) for state, by in c.ended.items()},
+            skips={str(reason): count for reason, count in c.skips.items()},
         )
 
     def strategy_statistics(self) -> dict[str, StrategyStatistics]:
@@ -321,6 +330,8 @@ class DispatchHub:
                 done=s.done,
                 paused=controls.is_paused(self._pauses, s.name) is not None,
                 waiting_for=s.waiting_reasons(),
+                poll_failures=s.poll_failures,
+                poll_seconds=s.poll_seconds.statistics(),
             )
             for s in self._sources
         }
@@ -908,10 +919,12 @@ class DispatchHub:
             source.polling, source.poll_wanted = True, False
             try:
                 await self._maybe_read_controls()
+                started = self.clock.monotonic()
                 result = source.strategy.poll()
                 items = result if isinstance(result, AsyncIterator) else await result
                 await self._intake(source, items)
             except Exception as exc:
+                source.poll_failures += 1
                 logger.error(
                     "poll.failed strategy=%s error=%s: %s", source.name, type(exc).__name__, exc
                 )
@@ -919,6 +932,7 @@ class DispatchHub:
                 # Only a poll that read the whole source counts: after a failed one we do not
                 # know what is left, so --exit-when-done must not call the campaign done.
                 source.polls += 1
+                source.poll_seconds.observe(self.clock.monotonic() - started)
             finally:
                 source.polling = False
             await self._record_queue(source)
@@ -1137,6 +1151,9 @@ class DispatchHub:
             )
             return
         self._counters.skipped += len(skips)
+        by_reason = self._counters.skips
+        for skip, _ in skips:
+            by_reason[skip.reason] = by_reason.get(skip.reason, 0) + 1
         source.done += len(skips)
 
     # -- dispatching -------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class Outbox:
 
     async def _report_left(self) -> None:
         try:
-            pending, _ = await ob.backlog(self.store.engine)
+            pending = (await ob.backlog(self.store.engine)).pending
         except StoreError as exc:
             logger.warning("outbox.pending unknown (%s)", exc)
             return

@@ -23,6 +23,7 @@ import anyio
 
 from .abc import Strategy
 from .clock import Clock
+from .histogram import POLL_BUCKETS, Histogram
 from .record import Record
 from .store import KnownRecord
 
@@ -43,6 +44,8 @@ class Source:
     waiting: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (due, entry)
     why: dict[str, str] = field(default_factory=dict)  # id -> what a waiting one waits for
     polls: int = 0  # successful polls
+    poll_failures: int = 0  # polls that raised
+    poll_seconds: Histogram = field(default_factory=lambda: Histogram(POLL_BUCKETS))  # good ones
     polling: bool = False
     handled_in_last_poll: int = 0  # records of the last poll that an earlier run finished
     terminal_at_start: set[str] = field(default_factory=set)

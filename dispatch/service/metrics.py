@@ -2,7 +2,9 @@
 
 The server runs on the daemon's event loop, in the daemon's task group, and stops with it: no
 thread outlives the daemon. Every scrape reads the hub afresh (a custom collector on a registry
-of its own, so nothing global is touched).
+of its own, so nothing global is touched): the hub counts in plain ints, and this is where they
+become metrics. The one figure that needs a query, the callback backlog, is read at most every
+few seconds (:class:`~dispatch.service.backlog.OutboxBacklog`), never per record.
 
 ``/healthz`` answers ``200 ok``, or ``503`` with a one-line reason when the event loop lags,
 the store has been unreachable longer than ``store_grace`` or the agent disconnected longer
@@ -20,11 +22,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..errors import StoreError
+from ..histogram import HistogramStatistics
 from ..store.store import StoreStatistics
+from .backlog import OutboxBacklog
 
 if TYPE_CHECKING:
     from ..config import MetricsConfig
@@ -114,6 +123,21 @@ class HubCollector(Collector):
         ):
             outcomes.add_metric([outcome], value)
         yield outcomes
+        ended = CounterMetricFamily(
+            "dispatch_attempt_outcomes",
+            "Dial attempts ended, by state and reason (completed/hangup, rejected/busy ...).",
+            labels=["state", "reason"],
+        )
+        for state, by_reason in s.ended.items():
+            for reason, value in sorted(by_reason.items()):
+                ended.add_metric([state, reason], value)
+        yield ended
+        skips = CounterMetricFamily(
+            "dispatch_skips", "Records skipped, by reason.", labels=["reason"]
+        )
+        for reason, value in sorted(s.skips.items()):
+            skips.add_metric([reason], value)
+        yield skips
         yield _gauge("dispatch_calls_active", "Calls in flight.", s.active)
         yield _gauge("dispatch_queue_pending", "Records due for dialing.", s.pending)
         yield _gauge("dispatch_queue_waiting", "Records waiting (retry, hours, caps).", s.waiting)
@@ -126,6 +150,7 @@ class HubCollector(Collector):
         yield _gauge("dispatch_do_not_call_numbers", "Numbers on the DNC list.", s.do_not_call)
         yield from self._strategies()
         yield from self._store()
+        yield from self._outbox()
         connected = agent_connected(self.hub.agent)
         if connected is not None:
             yield _gauge("dispatch_agent_connected", "1 while the agent is connected.", connected)
@@ -148,12 +173,23 @@ class HubCollector(Collector):
             "Records waiting, by strategy and what they wait for.",
             labels=["strategy", "reason"],
         )
+        polls = HistogramMetricFamily(
+            "dispatch_poll_duration_seconds",
+            "Polls that read the source, by strategy: how long each took, intake included.",
+            labels=["strategy"],
+        )
+        failures = CounterMetricFamily(
+            "dispatch_poll_failures", "Polls that failed, by strategy.", labels=["strategy"]
+        )
         for name, s in self.hub.strategy_statistics().items():
             pending.add_metric([name], s.pending)
             waiting.add_metric([name], s.waiting)
             for reason, count in sorted(s.waiting_for.items()):
                 reasons.add_metric([name, reason], count)
-        yield from (pending, waiting, reasons)
+            if s.poll_seconds is not None:
+                _observed(polls, [name], s.poll_seconds)
+            failures.add_metric([name], s.poll_failures)
+        yield from (pending, waiting, reasons, polls, failures)
 
     def _store(self) -> Iterator[Metric]:
         store = self.hub.store
@@ -172,6 +208,24 @@ class HubCollector(Collector):
             0.0 if s.unavailable_since is None else self.hub.clock.monotonic() - s.unavailable_since
         )
         yield _gauge("dispatch_store_unavailable_seconds", "Length of the current outage.", down)
+        if s.commit_seconds is not None:
+            commits = HistogramMetricFamily(
+                "dispatch_store_commit_duration_seconds", "How long each commit took."
+            )
+            yield _observed(commits, [], s.commit_seconds)
+
+    def _outbox(self) -> Iterator[Metric]:
+        read = self.server.backlog.last if self.server is not None else None
+        if read is None:  # not read yet (or never readable): no figure rather than a wrong 0
+            return
+        yield _gauge("dispatch_outbox_pending", "Callbacks not delivered yet.", read.pending)
+        yield _gauge("dispatch_outbox_failing", "Of which failed at least once.", read.failing)
+        age = 0.0
+        if read.oldest is not None:
+            age = max(0.0, (self.hub.clock.now() - read.oldest).total_seconds())
+        yield _gauge(
+            "dispatch_outbox_oldest_age_seconds", "Age of the oldest callback not delivered.", age
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -180,6 +234,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=float(value))
+
+
+def _observed(
+    family: HistogramMetricFamily, labels: list[str], observed: HistogramStatistics
+) -> HistogramMetricFamily:
+    family.add_metric(labels, observed.cumulative(), observed.total)
+    return family
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -202,11 +263,13 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: HealthLimits | None = None,
+        backlog: OutboxBacklog | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
         self.port = port
         self.limits = limits or HealthLimits()
+        self.backlog = backlog or OutboxBacklog(hub.store, hub.clock)
         self.loop_lag = 0.0
         self.agent_down_since: float | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -260,12 +323,12 @@ class MetricsServer:
             try:
                 with anyio.fail_after(REQUEST_TIMEOUT):
                     head = await _read_head(stream)
-                status, content_type, body = self._respond(head)
+                status, content_type, body = await self._respond(head)
                 await stream.send(_response(status, content_type, body))
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 pass  # the client went away or never spoke: nothing to answer
 
-    def _respond(self, head: bytes | None) -> tuple[str, str, bytes]:
+    async def _respond(self, head: bytes | None) -> tuple[str, str, bytes]:
         if head is None:
             return "400 Bad Request", TEXT, b"bad request\n"
         parts = head.split(b"\r\n", 1)[0].split(b" ")
@@ -277,6 +340,7 @@ class MetricsServer:
         if method != b"GET":
             return "405 Method Not Allowed", TEXT, b"only GET\n"
         if target == b"/metrics":
+            await self.backlog.refresh()  # a query at most every few seconds, bounded in time
             return (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -309,6 +373,7 @@ def _response(status: str, content_type: str, body: bytes) -> bytes:
 async def serve_metrics(
     hub: DispatchHub,
     config: MetricsConfig,
+    backlog: OutboxBacklog | None = None,
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -317,4 +382,4 @@ async def serve_metrics(
         raise ValueError("metrics.listen is not set")
     host, port = parse_listen(config.listen)
     limits = HealthLimits(config.health_store_grace, config.health_agent_grace)
-    await MetricsServer(hub, host, port, limits).serve(task_status=task_status)
+    await MetricsServer(hub, host, port, limits, backlog).serve(task_status=task_status)

@@ -16,7 +16,12 @@ from sqlalchemy.engine import make_url
 from ..config import CsvStrategyConfig, Settings, store_url
 from ..errors import ConfigError
 
-__all__ = ["EXTRAS", "missing_extra", "preflight"]
+__all__ = ["EXTRAS", "STORE_HINT", "missing_extra", "preflight"]
+
+# The fix to name with an unreachable store, whichever command met it.
+STORE_HINT = (
+    "is the database running and reachable, and is [store] url (or DISPATCH_STORE__URL) right?"
+)
 
 # Driver module -> (what it is, the extra that installs it).
 EXTRAS = {

@@ -22,9 +22,8 @@ from ..config import RESTART_ONLY, Settings, hub_settings, load_settings
 from ..errors import ConfigError, DispatchError
 from ..hub import DispatchHub
 from ..logs import register_secrets
-from .notify import Notifier
 from .secrets import configured_secrets
-from .status import hub_status
+from .status import ServiceStatus
 
 __all__ = ["Reloader"]
 
@@ -41,18 +40,19 @@ class Reloader:
         self.base = base
         self._lock = anyio.Lock()  # one reload at a time: each compares with the last
 
-    async def reload(self, notifier: Notifier) -> bool:
-        """Apply the file as it is now; return whether it was taken."""
+    async def reload(self, status: ServiceStatus) -> bool:
+        """Apply the file as it is now; return whether it was taken. The service manager
+        hears of it through ``status.notifier``."""
         if self.path is None:
             logger.warning("daemon.reload_refused error=the daemon was started without a "
                            "configuration file, there is nothing to reload")  # fmt: skip
             return False
         async with self._lock:
-            notifier.reloading()
+            status.notifier.reloading()
             try:
                 return await self._reload(self.path)
             finally:
-                notifier.reloaded(hub_status(self.hub, notifier))
+                status.notifier.reloaded(status.line())
 
     async def _reload(self, path: Path) -> bool:
         logger.info("daemon.reloading path=%s", path)

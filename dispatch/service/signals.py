@@ -16,27 +16,26 @@ import signal
 import anyio
 
 from ..hub import DispatchHub
-from .notify import Notifier
 from .reload import Reloader
-from .status import status_line
+from .status import ServiceStatus
 
 __all__ = ["watch_signals"]
 
 logger = logging.getLogger(__name__)
 
 
-async def watch_signals(hub: DispatchHub, notifier: Notifier, reloader: Reloader) -> None:
+async def watch_signals(hub: DispatchHub, status: ServiceStatus, reloader: Reloader) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         draining = False
         async with anyio.create_task_group() as reloads:
             async for signum in signals:
                 if signum == signal.SIGHUP and not draining:
-                    reloads.start_soon(reloader.reload, notifier)
+                    reloads.start_soon(reloader.reload, status)
                     continue
-                draining = _on_signal(signum, draining, hub, notifier)
+                draining = _on_signal(signum, draining, hub, status)
 
 
-def _on_signal(signum: int, draining: bool, hub: DispatchHub, notifier: Notifier) -> bool:
+def _on_signal(signum: int, draining: bool, hub: DispatchHub, status: ServiceStatus) -> bool:
     """Act on a stop signal (or a SIGHUP while draining); return whether the hub drains."""
     name = signal.Signals(signum).name
     if signum == signal.SIGHUP:
@@ -47,5 +46,5 @@ def _on_signal(signum: int, draining: bool, hub: DispatchHub, notifier: Notifier
         return True
     logger.info("daemon.signal %s: no new dials, draining calls in flight", name)
     hub.stop()
-    notifier.stopping(status_line(hub.statistics(), stopping=True))
+    status.notifier.stopping(status.line(stopping=True))
     return True

@@ -23,7 +23,7 @@ from .models import outbox
 if TYPE_CHECKING:
     from ..abc import CallbackName
 
-__all__ = ["Callback", "OutboxRow", "backlog", "due", "next_due"]
+__all__ = ["Backlog", "Callback", "OutboxRow", "backlog", "due", "next_due"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,15 +120,29 @@ async def next_due(engine: AsyncEngine, *, owner: str | None = None) -> datetime
     return value
 
 
-async def backlog(engine: AsyncEngine) -> tuple[int, int]:
-    """(undelivered rows, of which failed at least once)."""
-    query = select(func.count(), func.count().filter(outbox.c.deliveries > 0)).where(
-        outbox.c.delivered_at.is_(None)
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The callbacks not delivered yet."""
+
+    pending: int
+    failing: int  # of which failed at least once
+    oldest: datetime | None = None  # when the oldest of them was written
+
+
+async def backlog(engine: AsyncEngine) -> Backlog:
+    """The undelivered rows: one pass over the partial index of undelivered rows (the oldest
+    is the lowest id, found in that index too)."""
+    undelivered = outbox.c.delivered_at.is_(None)
+    oldest = (
+        select(outbox.c.created_at).where(undelivered).order_by(outbox.c.id).limit(1)
+    ).scalar_subquery()
+    query = select(func.count(), func.count().filter(outbox.c.deliveries > 0), oldest).where(
+        undelivered
     )
     with translated("reading the outbox"):
         async with engine.connect() as conn:
-            pending, failing = (await conn.execute(query)).one()
-    return int(pending), int(failing)
+            pending, failing, first = (await conn.execute(query)).one()
+    return Backlog(int(pending), int(failing), first)
 
 
 INSERT = outbox.insert()

@@ -171,7 +171,7 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
                     .order_by(instances.c.started_at)
                 )
             ).all()
-    pending, failing = await backlog(engine)
+    callbacks = await backlog(engine)
     states: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     states.update({name: Counter() for name in queues if name not in states})
@@ -195,7 +195,9 @@ async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
         for name in sorted(states)
     }
     daemons = [Daemon(*row) for row in registered]
-    return StatusReport(now, report, flying, last_minute, pending, failing, daemons)
+    return StatusReport(
+        now, report, flying, last_minute, callbacks.pending, callbacks.failing, daemons
+    )
 
 
 async def history(

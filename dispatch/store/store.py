@@ -44,6 +44,7 @@ from .._gc import GcPause
 from ..abc import CallResult
 from ..clock import Clock, SystemClock
 from ..errors import StoreError, StoreUnavailable
+from ..histogram import HistogramStatistics
 from ..options import Backoff, RecoverMode
 from ..record import Record
 from ..rules.caps import DialStart, is_refusal
@@ -325,7 +326,12 @@ class Store:
     def statistics(self) -> StoreStatistics:
         stats = self._open_writer().statistics()
         return StoreStatistics(
-            stats.commits, stats.writes, stats.held, stats.unavailable_since, stats.failed_tries
+            stats.commits,
+            stats.writes,
+            stats.held,
+            stats.unavailable_since,
+            stats.failed_tries,
+            stats.commit_seconds,
         )
 
     async def wait_until(self, predicate: Callable[[StoreStatistics], bool]) -> None:
@@ -511,6 +517,13 @@ class Store:
         with translated("reading recent dial starts"):
             async with self.engine.connect() as conn:
                 return list((await conn.execute(query)).scalars())
+
+    async def dials_since(self, since: datetime) -> int:
+        """How many dials started at or after ``since`` (every daemon's, in a cluster)."""
+        query = select(func.count()).where(attempts.c.dialed_at >= since)
+        with translated("counting dial starts"):
+            async with self.engine.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
 
     async def dial_history(self, since: datetime) -> list[DialStart]:
         """Every dial start after ``since`` (all strategies), oldest first, with whether the
@@ -890,6 +903,7 @@ class StoreStatistics:
     held: int = 0  # writes waiting for an unreachable store
     unavailable_since: float | None = None  # monotonic time the current outage began
     failed_tries: int = 0  # tries to reach it that failed in the current outage
+    commit_seconds: HistogramStatistics | None = None  # how long each commit took
 
     @property
     def writes_per_commit(self) -> float:

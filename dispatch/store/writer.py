@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..clock import Clock, Signal, wait_for
 from ..errors import StoreError, StoreUnavailable
+from ..histogram import COMMIT_BUCKETS, Histogram, HistogramStatistics
 from ..options import Backoff
 from .errors import DRIVER_ERRORS, store_error
 
@@ -82,6 +83,7 @@ class WriterStatistics:
     held: int  # writes waiting for the store to come back
     unavailable_since: float | None  # monotonic time the current outage began
     failed_tries: int = 0  # tries (commits, probes) that failed in the current outage
+    commit_seconds: HistogramStatistics | None = None  # how long each commit took
 
 
 class Writer:
@@ -118,6 +120,7 @@ class Writer:
         self._next = anyio.Event()
         self._taken: list[anyio.Event] = []
         self._commits = 0
+        self._commit_seconds = Histogram(COMMIT_BUCKETS)
         self._rows = 0
         self._held = 0
         self._outage: StoreUnavailable | None = None
@@ -219,6 +222,7 @@ class Writer:
             self._held,
             self._outage_since,
             self._failures if self._outage is not None else 0,
+            self._commit_seconds.statistics(),
         )
 
     # -- the task ----------------------------------------------------------------------------
@@ -294,6 +298,7 @@ class Writer:
     async def _commit(self, batch: list[_Write]) -> None:
         """Commit ``batch`` in one transaction. A write the database refuses is failed alone
         (its neighbours are committed without it); an outage raises for the whole batch."""
+        started = self._clock.monotonic()
         with self._bounded() as scope:
             try:
                 async with self._engine().begin() as conn:
@@ -312,6 +317,7 @@ class Writer:
         if scope.cancelled_caught:
             raise StoreUnavailable("store gave no answer before the daemon stopped")
         self._commits += 1
+        self._commit_seconds.observe(self._clock.monotonic() - started)
         self._rows += len(batch)
         for write in batch:
             write.done = True

@@ -153,3 +153,23 @@ def test_resume_of_one_strategy_says_it_stays_paused_while_every_strategy_is(
     done = dispatch("pause", "--strategy", "*", "-c", "config.toml", cwd=workdir)
     assert done.returncode == 2
     assert "cannot be a strategy's name" in done.stderr
+
+
+def test_a_daemon_started_on_a_paused_store_dials_nobody_until_resumed(workdir: Path) -> None:
+    # Paused before the campaign's first start: the flag waits in the store.
+    assert control("pause", "--reason", "not yet", cwd=workdir).splitlines()[0] == (
+        "paused every strategy"
+    )
+    with Running(workdir, SLOW) as daemon:
+        daemon.wait_for(r"hub\.paused strategy=\* reason=not yet")
+        # Each queued record reached the gate and was held, twice over (two polls).
+        daemon.wait_for(r"record\.held strategy=reminders record=appt-012 why=paused", 2)
+        assert daemon.count(r"dial\.start ") == 0, daemon.output
+        status = control("status", cwd=workdir)
+        assert "paused: every strategy since " in status
+        assert ": not yet (dispatch resume)" in status
+
+        assert control("resume", cwd=workdir).splitlines()[0] == "resumed every strategy"
+        daemon.wait_for(r"hub\.resumed strategy=\*", timeout=3 * POLL_INTERVAL)
+        daemon.wait_for(r"dial\.start ", timeout=3 * POLL_INTERVAL)
+    assert daemon.process.returncode == 0, daemon.output

@@ -157,3 +157,57 @@ async def test_check_reports_a_registration_refusal(tmp_path: Path) -> None:
     assert "skip  r2" in output
     assert "invalid_phone" in output
     assert fake.received("call.dial") == []
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        # The first place that holds a key is the one used, right or wrong: no fallback.
+        ({"api_key": "right", "api_key_file": "wrong"}, True),
+        ({"api_key_file": "right", "env": "wrong", "credential": "wrong"}, True),
+        ({"api_key_file": "wrong", "env": "right", "credential": "right"}, False),
+        ({"env": "right", "credential": "wrong"}, True),
+        ({"env": "wrong", "credential": "right"}, False),
+        ({"credential": "right"}, True),
+        # A DISPATCH_ variable overrides the file's key, like any other key.
+        ({"api_key_file": "wrong", "override_file": "right", "env": "wrong"}, True),
+    ],
+)
+async def test_the_api_key_is_taken_in_the_documented_order(
+    tmp_path: Path, given: dict[str, str], taken: bool
+) -> None:
+    (tmp_path / "leads.csv").write_text(f"id,phone\nr1,{A}\n")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    async with FakePinecall() as fake:
+        keys = {"right": fake.api_key, "wrong": "pk_wrong_key"}
+        agent = ['agent_id = "dialer"']  # the lines of [agent]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PINECALL_", "DISPATCH_"))}
+        env["CREDENTIALS_DIRECTORY"] = str(credentials)
+        for place, which in given.items():
+            key_file = tmp_path / f"{place}.key"
+            key_file.write_text(keys[which] + "\n")
+            if place == "api_key":
+                agent.append(f'api_key = "{keys[which]}"')
+            elif place == "api_key_file":
+                agent.append(f'api_key_file = "{key_file.name}"')
+            elif place == "override_file":
+                env["DISPATCH_AGENT__API_KEY_FILE"] = str(key_file)
+            elif place == "env":
+                env["PINECALL_API_KEY"] = keys[which]
+            else:
+                (credentials / "pinecall_api_key").write_text(keys[which])
+        text = config(fake.url).replace(agent[0], "\n".join(agent))
+        (tmp_path / "config.toml").write_text(text)
+        with anyio.fail_after(60):
+            result = await anyio.run_process(
+                [DISPATCH, "check", "-c", "config.toml"], cwd=tmp_path, env=env, check=False
+            )
+    output = result.stdout.decode()
+    assert "pk_wrong_key" not in output
+    if taken:
+        assert result.returncode == 0, output
+        assert "ok   agent: PinecallAgent(" in output
+    else:
+        assert result.returncode == 1, output
+        assert "FAIL agent: PinecallFatal: API key refused" in output

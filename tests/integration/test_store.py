@@ -280,7 +280,7 @@ async def test_a_callback_is_committed_with_its_outcome_and_due_in_record_order(
     assert await ob.next_due(store.engine) == NOW  # r2's row, still due
     await store.delivered([due[1].id], NOW)
     assert await ob.next_due(store.engine) == later
-    assert await ob.backlog(store.engine) == (2, 1)
+    assert await ob.backlog(store.engine) == ob.Backlog(2, 1, oldest=NOW)  # r1 on_dispatched
 
     await store.delivered([first], later)
     assert [row.callback.name for row in await ob.due(store.engine, later)] == ["on_completed"]

@@ -15,6 +15,8 @@ from dispatch import (
     DispatchHub,
     LateOutcome,
 )
+from dispatch.attempts import MAX_REASONS, Counters
+from dispatch.states import AttemptState
 from dispatch.testing import ManualClock
 from tests.conftest import fetch
 from tests.support import PHONES, ListStrategy, rec, store_for
@@ -108,3 +110,31 @@ async def test_dials_awaiting_late_news_are_forgotten_after_the_late_window(
             await source.wait_for_events(2)
             assert list(hub._attempts._unknown) == [inner.requests[1].dispatch_id]  # r1 gone
             hub.stop()
+
+
+def test_outcomes_are_counted_by_state_and_the_first_word_of_their_reason() -> None:
+    counters = Counters()
+    counters.ended_with(AttemptState.COMPLETED, "hangup")
+    counters.ended_with(AttemptState.REJECTED, "busy")
+    counters.ended_with(AttemptState.REJECTED, "busy")
+    counters.ended_with(AttemptState.REJECTED, "call_error: number unreachable")
+    counters.ended_with(AttemptState.UNKNOWN, "unknown: RuntimeError: agent bug")
+    counters.ended_with(AttemptState.INTERRUPTED, "interrupted: connection lost")
+    counters.ended_with(AttemptState.COMPLETED, None)
+    assert counters.ended == {
+        AttemptState.COMPLETED: {"hangup": 1, "completed": 1},
+        AttemptState.REJECTED: {"busy": 2, "call_error": 1},
+        AttemptState.UNKNOWN: {"unknown": 1},  # free text: never a label of its own
+        AttemptState.INTERRUPTED: {"interrupted": 1},
+    }
+
+
+def test_reasons_past_the_limit_are_counted_as_other() -> None:
+    counters = Counters()
+    for n in range(MAX_REASONS + 3):
+        counters.ended_with(AttemptState.COMPLETED, f"reason-{n}")
+    counters.ended_with(AttemptState.COMPLETED, "reason-0")  # known: still its own
+    by_reason = counters.ended[AttemptState.COMPLETED]
+    assert len(by_reason) == MAX_REASONS + 1
+    assert by_reason["other"] == 3
+    assert by_reason["reason-0"] == 2

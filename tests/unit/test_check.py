@@ -89,9 +89,6 @@ async def test_check_says_why_each_record_waits_or_is_skipped(tmp_path: Path) ->
 async def test_check_gives_up_on_an_agent_that_keeps_reconnecting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dispatch.check
-
-    monkeypatch.setattr(dispatch.check, "AGENT_DEADLINE", 0.5)
     monkeypatch.setenv("PINECALL_API_KEY", "pk_test")
     (tmp_path / "leads.csv").write_text("id,phone\n")
     (tmp_path / "config.toml").write_text(
@@ -100,7 +97,8 @@ async def test_check_gives_up_on_an_agent_that_keeps_reconnecting(
     )
     settings = load_settings(tmp_path / "config.toml")
     with anyio.fail_after(10):
-        report = await check(settings, tmp_path, limit=1)
+        report = await check(settings, tmp_path, limit=1, deadline=0.5)
     agent = next(p for p in report.parts if p.name == "agent")
     assert not agent.ok
-    assert "cannot connect after 0.5 s" in agent.detail
+    assert agent.detail.startswith("cannot connect to PinecallAgent(agent_id='dialer', ")
+    assert "after 0.5 s (is the url right" in agent.detail

@@ -187,14 +187,29 @@ def _statistics(**counts: int) -> HubStatistics:
 
 
 def test_the_status_line_sums_up_the_hub_and_leads_with_trouble() -> None:
-    stats = _statistics(active=2, dialed=40, pending=12, waiting=3)
-    assert status_line(stats) == "2 calls active, 40 dialed, 12 pending, 3 waiting"
-    assert status_line(stats, store_available=False) == (
-        "store unreachable: no dials until it is back; 2 calls active, 40 dialed, 12 pending, "
-        "3 waiting"
+    stats = _statistics(active=2, dialed=5, pending=12, waiting=3)
+    figures = {"dialed_today": 40, "callbacks": 5}
+    assert status_line(stats, **figures) == (
+        "2 calls active, 40 dialed since 00:00 UTC, 12 pending, 3 waiting, 5 callbacks pending"
     )
-    assert status_line(stats, stopping=True) == (
-        "stopping: no new dials, 2 calls in flight; 40 dialed, 12 pending, 3 waiting"
+    assert status_line(stats, **figures, store_available=False) == (
+        "store unreachable: no dials until it is back; 2 calls active, 40 dialed since 00:00 "
+        "UTC, 12 pending, 3 waiting, 5 callbacks pending"
+    )
+    assert status_line(stats, **figures, stopping=True) == (
+        "stopping: no new dials, 2 calls in flight; 40 dialed since 00:00 UTC, 12 pending, "
+        "3 waiting, 5 callbacks pending"
+    )
+
+
+def test_the_status_line_says_one_call_and_leaves_out_what_is_not_known_yet() -> None:
+    stats = _statistics(active=1, dialed=1, pending=0, waiting=0)
+    assert status_line(stats, dialed_today=1, callbacks=1) == (
+        "1 call active, 1 dialed since 00:00 UTC, 0 pending, 0 waiting, 1 callback pending"
+    )
+    assert status_line(stats) == "1 call active, 0 pending, 0 waiting"
+    assert status_line(_statistics(), stopping=True) == (
+        "stopping: no new dials, 0 calls in flight; 0 pending, 0 waiting"
     )
 
 
@@ -202,8 +217,9 @@ def test_the_status_line_says_which_strategies_are_paused() -> None:
     stats = dataclasses.replace(
         _statistics(active=1, dialed=4, pending=2, waiting=0), paused=frozenset({"b", "a"})
     )
-    assert status_line(stats) == (
-        "paused (a, b): no new dials; 1 calls active, 4 dialed, 2 pending, 0 waiting"
+    assert status_line(stats, dialed_today=4, callbacks=0) == (
+        "paused (a, b): no new dials; 1 call active, 4 dialed since 00:00 UTC, 2 pending, "
+        "0 waiting, 0 callbacks pending"
     )
 
 
