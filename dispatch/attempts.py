@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -161,7 +161,7 @@ class Attempts:
             )
             return
         key = (source.name, record.id)
-        attempt_id = self._unsure.pop(key, None) or uuid.uuid4().hex
+        attempt_id = self._unsure.pop(key, None) or secrets.token_hex(16)  # 128 random bits
         dialed_at = self.clock.now()
         intent: dict[str, Any] = {
             "attempt_id": attempt_id,
