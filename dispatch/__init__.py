@@ -5,8 +5,9 @@ from dispatch import DispatchHub, Record, Strategy, SimulatedAgent
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+# typing is not imported at run time: `dispatch --help` would pay for it (mypy and ruff read
+# this constant as typing.TYPE_CHECKING).
+TYPE_CHECKING = False
 
 # The public names load on first use (PEP 562), so `dispatch --help` and tools that import one
 # submodule do not pay for SQLAlchemy, pydantic and phonenumbers.
@@ -68,6 +69,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .abc import (
         Agent,
         AgentContext,
@@ -116,6 +119,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dispatch' has no attribute {name!r}")
+    from importlib import import_module
+
     value = getattr(import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
