@@ -71,7 +71,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 # What a store URL looks like, for the messages that refuse one.
@@ -716,6 +716,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         populate_by_name=True,
+        defer_build=True,
     )
 
     # `from` in the file (parity with @pinecall/dispatch); no alias on the field itself, because

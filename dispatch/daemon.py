@@ -24,7 +24,6 @@ from anyio.abc import TaskStatus
 from .config import Settings, build_hub
 from .hub import DispatchHub
 from .service.backlog import OutboxBacklog
-from .service.metrics import serve_metrics
 from .service.notify import Notifier
 from .service.progress import on_terminal, show_progress
 from .service.reload import Reloader
@@ -59,6 +58,9 @@ async def run_daemon(
             if interval is not None and notifier.enabled:
                 tg.start_soon(feed_watchdog, notifier, interval)
             if settings.metrics.listen is not None:
+                # prometheus-client is loaded only when metrics are on.
+                from .service.metrics import serve_metrics
+
                 # Up before the hub, so a prober sees the daemon while it starts.
                 await tg.start(serve_metrics, hub, settings.metrics, backlog)
             notifier.status("starting: opening the store, the agent and the strategies")
