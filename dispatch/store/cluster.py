@@ -17,9 +17,13 @@
   - the rate: fewer than ``max_calls_per_minute`` dial starts in the sliding window;
   - the number's caps (per 24 h, per 30 days, minimum gap, cool-down after a refusal).
 
-  The lock is held for a handful of indexed queries, so no daemon waits on another for long.
-  A refused claim says until when (the window's next opening, a cap's end) or, for a call
-  slot, to look again shortly: a call ending at another daemon is not announced.
+  The lock is held for a handful of indexed queries. No daemon waits on another for long,
+  even on one that froze holding it (SIGSTOP, a paused VM): a claim waits
+  :data:`LOCK_TIMEOUT` at most, then is a "not now" for its record (:class:`NotYet`, never
+  a dial), and the database ends the session of a holder idle mid-transaction for
+  :data:`HOLD_LIMIT` (its transaction rolls back), which frees the lock. A refused claim
+  says until when (the window's next opening, a cap's end) or, for a call slot, to look
+  again shortly: a call ending at another daemon is not announced.
 - **Callbacks.** An outbox row belongs to the daemon that wrote it (``outbox.owner``); the
   rows of a daemon that is gone are delivered by the others.
 """
@@ -32,10 +36,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from sqlalchemy import exc as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..clock import Clock
-from ..errors import StoreInUse
+from ..errors import StoreInUse, StoreUnavailable
 from ..rules.caps import DAY, Caps
 from ..states import AttemptState, RecordState, SkipReason
 from . import instances as inst
@@ -43,8 +48,11 @@ from .errors import translated
 from .models import attempts, do_not_call, instances, outbox, records
 
 __all__ = [
+    "HOLD_LIMIT",
+    "LOCK_TIMEOUT",
     "Claim",
     "Claimed",
+    "ClusterBusy",
     "ClusterLimits",
     "NotYet",
     "Taken",
@@ -55,11 +63,23 @@ __all__ = [
 
 # The advisory lock every claim takes (an arbitrary constant: "pinecall" in ASCII, folded).
 CLAIM_LOCK = 0x70696E6563616C6C & 0x7FFFFFFFFFFFFFFF
-# How soon a claim refused for want of a call slot looks again.
+# How soon a claim refused for want of a call slot (or of the lock) looks again.
 SLOT_RETRY = 0.25
+# The longest a daemon waits for the cluster's lock (it is held for milliseconds): then the
+# claim is "not now", and reaping or recovery waits for the next beat.
+LOCK_TIMEOUT = 1.0
+# The longest a transaction holding the lock may sit idle between statements before the
+# database ends its session (rolling it back, freeing the lock): a daemon frozen mid-claim
+# holds up every other one this long at most. Far above the milliseconds a live daemon
+# takes between two statements, even on a loaded machine.
+HOLD_LIMIT = 2.0
+# A start at or after this time needs the lock: a daemon joining waits this long for it (a
+# frozen holder is cut off before), where a claim would give up.
+JOIN_WAIT = HOLD_LIMIT + LOCK_TIMEOUT
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
 _HELD = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
 _CONTENT_SKIPS = frozenset(r.value for r in SkipReason if r.about_content)
+_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE: lock_timeout ran out
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +124,17 @@ class NotYet:
 Claim = Claimed | Taken | NotYet
 
 
+class ClusterBusy(StoreUnavailable):
+    """Another daemon held the cluster's lock longer than :data:`LOCK_TIMEOUT` (frozen, most
+    likely, until the database cuts it off): nothing was done; try again shortly."""
+
+
 async def join(engine: AsyncEngine, me: inst.Instance, *, expiry: timedelta) -> list[inst.Instance]:
     """Register ``me`` beside the live daemons; remove (and return) the dead ones."""
     inst.running(me)
     with translated("registering this daemon"):
         async with engine.begin() as conn:
-            await lock(conn)
+            await lock(conn, wait=JOIN_WAIT)
             dead = await _remove_dead(conn, me, expiry, proven=True)
             alone = await conn.execute(select(instances).where(~instances.c.cluster.is_(True)))
             for row in alone.all():
@@ -140,10 +165,27 @@ async def reap(engine: AsyncEngine, me: inst.Instance, now: datetime, *,
             return dead
 
 
-async def lock(conn: AsyncConnection) -> None:
+async def lock(conn: AsyncConnection, *, wait: float = LOCK_TIMEOUT) -> None:
     """Take the cluster's lock until the end of ``conn``'s transaction: claims, reaping and
-    recovery happen one at a time across daemons."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
+    recovery happen one at a time across daemons. Raises :class:`ClusterBusy` after
+    ``wait`` seconds without it.
+
+    Local to the transaction: the bound on the wait (for this lock and any row lock after
+    it), and the limit on idling while holding the lock (:data:`HOLD_LIMIT`)."""
+    limits = "SELECT set_config('lock_timeout', :wait, true), " + (
+        "set_config('idle_in_transaction_session_timeout', :idle, true)"
+    )
+    await conn.execute(
+        text(limits), {"wait": f"{wait * 1000:.0f}", "idle": f"{HOLD_LIMIT * 1000:.0f}"}
+    )
+    try:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
+    except sa.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            raise ClusterBusy(
+                f"another daemon held the cluster's lock over {wait:g}s (frozen?)"
+            ) from exc
+        raise
 
 
 async def _remove_dead(
@@ -169,6 +211,22 @@ async def claim_dial(
     """Commit the intent ``rows`` (the attempt, the record) if every daemon's limits allow it
     now; else say why not, changing nothing."""
     attempt, record = rows
+    try:
+        return await _claim(engine, attempt, record, upsert_record, limits, clock)
+    except ClusterBusy:
+        # Not now, for this record and every other: the lock is what each claim needs.
+        later = clock.now() + timedelta(seconds=SLOT_RETRY)
+        return NotYet(later, "cluster lock busy", shared=True)
+
+
+async def _claim(
+    engine: AsyncEngine,
+    attempt: dict[str, Any],
+    record: dict[str, Any],
+    upsert_record: Any,
+    limits: ClusterLimits,
+    clock: Clock,
+) -> Claim:
     with translated("claiming a dial"):
         async with engine.begin() as conn:
             await lock(conn)

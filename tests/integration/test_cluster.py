@@ -4,21 +4,24 @@ database, as in separate processes."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from dispatch import Heartbeat, Record, Store
 from dispatch.errors import StoreError, StoreInUse
 from dispatch.rules.caps import Caps
 from dispatch.states import AttemptState, RecordState
-from dispatch.store import DoNotCall, Skipped
+from dispatch.store import DoNotCall, Skipped, cluster
 from dispatch.store import outbox as ob
-from dispatch.store.cluster import Claimed, ClusterLimits, NotYet, Taken
+from dispatch.store.cluster import Claimed, ClusterBusy, ClusterLimits, NotYet, Taken
+from dispatch.store.models import attempts
 from dispatch.testing import ManualClock
 from tests.conftest import fetch
 from tests.support import PHONES
@@ -29,6 +32,7 @@ A, B, C = PHONES[:3]
 OPEN = ClusterLimits(max_concurrent=10, max_calls_per_minute=None, window=60.0, hold=600.0,
                      caps=Caps())  # fmt: skip
 BEAT = Heartbeat(interval=1.0, timeout=3.0)
+T = TypeVar("T")
 
 
 class Daemon:
@@ -313,3 +317,47 @@ async def test_cluster_and_single_daemons_never_share_a_store(postgres_url: str)
     finally:
         await single.aclose()
         await joiner.aclose()
+
+
+async def through(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` once it gets the cluster's lock (each try gives up after LOCK_TIMEOUT)."""
+    while True:
+        try:
+            return await call()
+        except ClusterBusy:
+            continue
+
+
+async def test_a_daemon_frozen_holding_the_lock_holds_no_claim_up_for_long_and_is_cut_off(
+    daemons: tuple[Daemon, Daemon, ManualClock], postgres_url: str
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="a1"), Claimed)
+    # A daemon frozen mid-claim (SIGSTOP): the lock taken, its intent written, no commit.
+    frozen = await one.store.engine.connect()
+    await frozen.begin()
+    await cluster.lock(frozen)
+    await frozen.execute(
+        attempts.insert().values(id="a2", strategy="list", record_id="r2", number=1, phone=B,
+                                 state="dialing", dialed_at=clock.now(), owner="frozen")
+    )  # fmt: skip
+    began = time.monotonic()
+    with anyio.fail_after(cluster.LOCK_TIMEOUT + 0.5):
+        busy = await two.claim("r3", C)
+    assert busy == NotYet(busy.until, "cluster lock busy", shared=True)
+    assert busy.until > clock.now()  # looked at again shortly, not never
+
+    # The database ends the frozen session after HOLD_LIMIT: recovery and reaping go on.
+    clock.advance(4)  # one stopped beating too
+    assert await two.store.beat()
+    with anyio.fail_after(cluster.HOLD_LIMIT + cluster.LOCK_TIMEOUT + 1):
+        dead = await through(two.store.reap)
+        recovered = await through(lambda: two.store.recover("interrupt", clock.now()))
+    assert time.monotonic() - began < cluster.HOLD_LIMIT + cluster.LOCK_TIMEOUT + 1
+    assert [d.id for d in dead] == [one.store.instance.id]  # type: ignore[union-attr]
+    assert recovered == 1  # r1; the frozen claim of r2 was never committed
+    rows = await fetch(postgres_url, "SELECT id, state FROM attempts ORDER BY id")
+    assert rows == [("a1", "interrupted")]
+    with pytest.raises(DBAPIError):
+        await frozen.commit()  # thawed: its claim cannot commit, so it never dials
+    await frozen.close()
