@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
@@ -29,7 +30,7 @@ from anyio.abc import TaskGroup
 from ._gc import GcPause, young_threshold_raised
 from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
 from .admission import Admission
-from .attempts import START_MARGIN, Attempts, Counters
+from .attempts import START_MARGIN, Attempts, Counters, claim_margin
 from .clock import Clock, SystemClock, in_loop, wait_for
 from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
 from .intake import Admit, Done, Ignore, Refuse, Wait, Withdraw, decide
@@ -234,6 +235,8 @@ class DispatchHub:
             opt_out_reasons={name: r.opt_out_reasons for name, r in self._rules.items()},
             cluster=self._cluster_limits if self.store.cluster else None,
         )
+        if self.store.cluster:
+            self._queue.prefer = self._in_my_share
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
         self._stop_deadline = math.inf  # the event loop's time by which a stop is over
@@ -264,7 +267,17 @@ class DispatchHub:
             window=self.pacing.window,
             hold=self.recover_hold,
             caps=self._rules[source.name].caps,
+            margin=claim_margin(self.pacing.window),
         )
+
+    def _in_my_share(self, record_id: str) -> bool:
+        """In a cluster: whether ``record_id`` is of this daemon's share of the records, as
+        the live daemons were last seen (the same split in every daemon: a hash of the id
+        over their sorted ids)."""
+        peers = self.store.peers
+        if len(peers) < 2:
+            return True
+        return peers[zlib.crc32(record_id.encode()) % len(peers)] == self.store.owner
 
     def calling_rules(self, strategy: str) -> CallingRules:
         """The calling rules that apply to the records of the strategy named ``strategy``."""
