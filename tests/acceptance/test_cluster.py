@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,7 +26,11 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from sqlalchemy import text
 
+from dispatch import Store
+from dispatch.rules.caps import Caps
+from dispatch.store.cluster import Claimed, ClusterLimits
 from dispatch.testing import max_in_any_window
 from tests.conftest import fetch
 
@@ -316,3 +322,47 @@ async def kill_in_a_call(platform: Platform, doomed: Daemon, doomed_id: str, url
             doomed.kill()
             return stopped_at
         doomed.process.send_signal(signal.SIGCONT)
+
+
+async def test_status_shows_each_daemon_its_heartbeat_its_share_and_the_global_rate(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    (tmp_path / "leads.csv").write_text("id,phone\n")
+    (tmp_path / "config.toml").write_text(config("ws://127.0.0.1:9", postgres_url))
+    stores = [Store(postgres_url, cluster=True) for _ in range(3)]
+    try:
+        for n, store in enumerate(stores):
+            await store.open()
+            await store.claim()
+            for k in range(3 - n):  # 3, 2 and 1 dials
+                claim = await store.claim_dial(
+                    attempt_id=f"a{n}{k}", strategy="leads", record_id=f"r{n}{k}", number=1,
+                    phone=f"+1415555{3000 + 10 * n + k}", at=store.clock.now(),
+                    limits=ClusterLimits(10, None, WINDOW, HOLD, Caps()),
+                )  # fmt: skip
+                assert isinstance(claim, Claimed)
+        # A beat committed after `dispatch status` read the clock (a race it always runs,
+        # here widened): a fresh heartbeat, not one from the future.
+        async with stores[2].engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE instances SET heartbeat_at = clock_timestamp() + interval '10 s' "
+                     "WHERE id = :id"), {"id": stores[2].owner}
+            )  # fmt: skip
+        command = [DISPATCH, "status", "-c", str(tmp_path / "config.toml")]
+        shown = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(command, capture_output=True, text=True, check=True)
+        )
+    finally:
+        for store in stores:
+            await store.aclose()
+    daemon = re.compile(
+        rf"daemon: running on {re.escape(socket.gethostname())} \(pid {os.getpid()}\), "
+        r"heartbeat (\d+)s ago, (\d) dials in the last hour \((\d+)%\)"
+    )
+    shown_daemons = [daemon.fullmatch(line) for line in shown.stdout.splitlines()[2:5]]
+    ages, dials, shares = zip(*(m.groups() for m in shown_daemons if m), strict=True)
+    assert (dials, shares) == (("3", "2", "1"), ("50", "33", "17")), shown.stdout
+    assert ages[2] == "0"
+    assert all(int(age) < EXPIRY for age in ages)
+    rate = "dial starts in the last minute: 6 (3 daemons together; limit 50 per 5s)"
+    assert f"calls in flight: 6; {rate};" in shown.stdout
