@@ -213,9 +213,10 @@ class Attempts:
         """In a cluster: commit the intent as a claim under every daemon's limits, if it can
         be won now; None if not (what stopped it is acted on: see :meth:`_claimed`)."""
         assert self.cluster is not None
-        if await self._looked_up(source, record, number):
-            return None
         async with self._one_claim():
+            # Looked up once this claim's turn came: the others claim while it waits.
+            if await self._looked_up(source, record, number):
+                return None
             claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
         if self._claimed(claim, source, record):
             return claim
