@@ -7,6 +7,7 @@ loaded 2-core machine); a larger one runs the same checks longer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -132,6 +133,7 @@ class Platform:
         assert process.stdout is not None
         self._lines = BufferedByteReceiveStream(process.stdout)
         self.dials: list[Dial] = []
+        self._changed = anyio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -141,7 +143,11 @@ class Platform:
             platform = cls(process, out)
             hello = json.loads(await platform._line())
             try:
-                yield platform, hello["url"], hello["api_key"]
+                async with anyio.create_task_group() as tg:
+                    # Read all along: a full pipe would stop the fake.
+                    tg.start_soon(platform._read)
+                    yield platform, hello["url"], hello["api_key"]
+                    tg.cancel_scope.cancel()
             finally:
                 if process.returncode is None:
                     process.kill()
@@ -149,11 +155,18 @@ class Platform:
     async def _line(self) -> bytes:
         return await self._lines.receive_until(b"\n", 1 << 16)
 
+    async def _read(self) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
+            while True:
+                d = json.loads(await self._line())
+                self.dials.append(Dial(d["connection"], d["at"], d["id"], d["dispatch_id"]))
+                self._changed.set()
+                self._changed = anyio.Event()
+
     async def wait_until(self, predicate: Callable[[list[Dial]], bool]) -> None:
-        """Read the dials reported until ``predicate(dials)`` holds."""
+        """Return once ``predicate(dials)`` holds, looked at as dials are reported."""
         while not predicate(self.dials):
-            d = json.loads(await self._line())
-            self.dials.append(Dial(d["connection"], d["at"], d["id"], d["dispatch_id"]))
+            await self._changed.wait()
 
     async def frames(self) -> tuple[list[Dial], dict[str, tuple[str, float, float]]]:
         """Stop it; every dial, and per call id: (number, when the platform began dialing,
@@ -210,7 +223,7 @@ async def test_three_daemons_share_one_campaign_one_limit_and_lose_nothing(
                 daemons.append(first := Daemon(tmp_path, api_key, 1))
                 await platform.wait_until(lambda dials: len(dials) >= 1)
                 daemons.append(doomed := Daemon(tmp_path, api_key, 2))
-                await platform.wait_until(lambda dials: dials[-1].connection == 2)
+                await platform.wait_until(lambda dials: any(d.connection == 2 for d in dials))
                 [(doomed_id,)] = await fetch(
                     postgres_url, f"SELECT id FROM instances WHERE pid = {doomed.process.pid}"
                 )
@@ -313,7 +326,7 @@ async def kill_in_a_call(platform: Platform, doomed: Daemon, doomed_id: str, url
     )
     while True:
         await platform.wait_until(
-            lambda dials: len(dials) > mark and dials[-1].connection == 2  # noqa: B023
+            lambda dials: len(dials) > mark and any(d.connection == 2 for d in dials[mark:])  # noqa: B023
         )
         mark = len(platform.dials)
         stopped_at = anyio.current_time()
