@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -608,8 +608,8 @@ class Store:
         not. Idempotent by ``attempt_id``. An unreachable store raises
         :class:`~dispatch.errors.StoreUnavailable`, and the writer learns of the outage."""
         rows = self._intent_rows(attempt_id, strategy, record_id, number, phone, at, evidence)
-        try:
-            return await cluster.claim_dial(
+        return await self._outage_told(
+            cluster.claim_dial(
                 self.engine,
                 rows=rows,
                 upsert_record=self._upsert_record,
@@ -617,16 +617,14 @@ class Store:
                 time=self.shared_time,
                 clock=self.clock,
             )
-        except StoreUnavailable:
-            await self.check()  # raises too; the writer now probes until the store is back
-            raise
+        )
 
     async def restamp_claim(self, attempt_id: str, limits: cluster.ClusterLimits) -> cluster.Claim:
         """In a cluster, the dial of a claim goes out too long after its stamp (see
         ``limits.margin``): stamp it again, under the lock and the rate window (see
-        :func:`~dispatch.store.cluster.restamp`)."""
-        try:
-            return await cluster.restamp(
+        :func:`~dispatch.store.cluster.restamp`). An unreachable store raises, as a claim."""
+        return await self._outage_told(
+            cluster.restamp(
                 self.engine,
                 attempt_id=attempt_id,
                 owner=self.owner,
@@ -634,8 +632,14 @@ class Store:
                 time=self.shared_time,
                 clock=self.clock,
             )
+        )
+
+    async def _outage_told(self, claim: Awaitable[cluster.Claim]) -> cluster.Claim:
+        """``claim``'s answer; if the store is unreachable, the writer learns of it first."""
+        try:
+            return await claim
         except StoreUnavailable:
-            await self.check()
+            await self.check()  # raises too; the writer now probes until the store is back
             raise
 
     async def taken(self, strategy: str, numbers: Mapping[str, int]) -> dict[str, cluster.Taken]:
