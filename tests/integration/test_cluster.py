@@ -609,3 +609,30 @@ async def test_records_another_daemon_claimed_are_learned_from_the_ledger_not_cl
             await clock.wait_all_tasks_blocked()
     assert [d.to for d in agent.dials] == [PHONES[2]]
     assert store.claims == 1  # r0 and r1 were read to be taken, with r2's claim
+
+
+async def test_a_daemon_starting_while_the_lock_is_held_leaves_recovery_to_a_later_beat(
+    postgres_url: str,
+) -> None:
+    class FrozenAfterJoining(Recording):
+        """Right after this daemon joins, another one freezes holding the lock."""
+
+        frozen: Any = None
+
+        async def claim(self) -> list[Any]:
+            joined = await super().claim()
+            self.frozen = await self.engine.connect()
+            await self.frozen.begin()
+            await cluster.lock(self.frozen)
+            return joined
+
+    store = FrozenAfterJoining(postgres_url, heartbeat=Heartbeat(interval=0.2, timeout=5.0))
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    try:
+        with anyio.fail_after(15):
+            async with cluster_hub(store, agent, source, poll_interval=0.1):
+                await agent.wait_for_dials(1)  # once the frozen one is cut off
+    finally:
+        with contextlib.suppress(DBAPIError):
+            await store.frozen.close()
