@@ -14,7 +14,9 @@
     ``hold`` ago);
   - the concurrency cap: fewer than ``max_concurrent`` calls in flight across daemons (a
     dead daemon's calls count until their hold ends: they may still be live);
-  - the rate: fewer than ``max_calls_per_minute`` dial starts in the sliding window;
+  - the rate: fewer than ``max_calls_per_minute`` dial starts in the sliding window, each
+    counting for the window plus a margin (its dial reaches the platform after the claim;
+    one that cannot go out within it is stamped again first: :func:`restamp`);
   - the number's caps (per 24 h, per 30 days, minimum gap, cool-down after a refusal).
 
   The lock is held for a handful of indexed queries. No daemon waits on another for long,
@@ -23,7 +25,8 @@
   a dial), and the database ends the session of a holder idle mid-transaction for
   :data:`HOLD_LIMIT` (its transaction rolls back), which frees the lock. A refused claim
   says until when (the window's next opening, a cap's end) or, for a call slot, to look
-  again shortly: a call ending at another daemon is not announced.
+  again shortly: a call ending at another daemon is not announced. :func:`taken` tells,
+  without the lock, which records other daemons claimed already: no claim is wasted on them.
 - **Time.** What claims, heartbeats, reaping and recovery compare is the database's clock
   (``clock_timestamp()``), never a host's: a daemon whose machine's clock is off neither
   lets more dials into the window nor judges a live daemon dead (:class:`DatabaseClock`).
