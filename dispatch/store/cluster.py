@@ -86,8 +86,8 @@ LOCK_TIMEOUT = 1.0
 # holds up every other one this long at most. Far above the milliseconds a live daemon
 # takes between two statements, even on a loaded machine.
 HOLD_LIMIT = 2.0
-# A start at or after this time needs the lock: a daemon joining waits this long for it (a
-# frozen holder is cut off before), where a claim would give up.
+# How long a daemon starting waits for the lock to join (a join is not "not now", as a claim
+# is): a frozen holder is cut off before then.
 JOIN_WAIT = HOLD_LIMIT + LOCK_TIMEOUT
 _IN_FLIGHT = (AttemptState.DIALING.value, AttemptState.ACTIVE.value)
 _HELD = (AttemptState.INTERRUPTED.value, AttemptState.UNKNOWN.value)
@@ -101,8 +101,8 @@ class ClusterLimits:
 
     ``margin``: how late after its stamp a dial may reach the platform (the claim's commit,
     the send). Each start counts for ``window + margin``, so the platform never sees more
-    than ``max_calls_per_minute`` starts in a window; a dial that cannot go out within the
-    margin is stamped again first (:func:`restamp`)."""
+    than ``max_calls_per_minute`` starts in a window; a dial that has not gone out within
+    half the margin (the rest is for the send) is stamped again first (:func:`restamp`)."""
 
     max_concurrent: int
     max_calls_per_minute: int | None
