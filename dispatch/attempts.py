@@ -17,10 +17,11 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio
 
@@ -36,7 +37,7 @@ from .rules.caps import CapTracker, is_refusal
 from .rules.dnc import DoNotCallList
 from .states import AttemptState, RecordState
 from .store import DoNotCall, KnownRecord, Store
-from .store.cluster import Claim, Claimed, ClusterLimits, Taken
+from .store.cluster import Claim, Claimed, ClusterLimits, NotYet, Taken
 from .store.outbox import Callback
 
 __all__ = ["Attempts", "Counters"]
@@ -47,6 +48,17 @@ logger = logging.getLogger(__name__)
 # commit: a restarted daemon seeds its rate limiter with each start this much later. A commit
 # that takes longer moves the start it records to the time the dial really begins.
 START_MARGIN = 1.0
+# In a cluster, how many of the records queued next to one about to be claimed are looked up
+# in the ledger with it (one read, without the cluster's lock).
+LOOKUP = 64
+
+
+def claim_margin(window: float) -> float:
+    """In a cluster, how late after its claim a dial may reach the platform: each start
+    counts for the window plus this margin (the ledger is the rate limiter, and the dial
+    follows the claim's commit). A twentieth of the window, START_MARGIN at most: the
+    margin never costs more than 5 % of the rate."""
+    return min(START_MARGIN, window / 20)
 
 
 # Distinct reasons counted per attempt state; more are counted as "other". The platform's
@@ -134,6 +146,7 @@ class Attempts:
     # record's next try reuses the attempt id (the insert is idempotent by id).
     _unsure: dict[tuple[str, str], str] = field(default_factory=dict)
     _late: list[LateOutcome] = field(default_factory=list)
+    _claiming: anyio.Lock | None = None
     _late_event: anyio.Event | None = None
 
     async def run(
@@ -172,16 +185,16 @@ class Attempts:
             "at": dialed_at,
             "evidence": {**(evidence or {}), "caller_id": record.from_ or self.from_},
         }
+        claimed: Claimed | None = None
         try:
             if self.cluster is None:
                 await self.store.intent(**intent)
             else:
-                claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
-                if not self._claimed(source, record, claim):
+                claimed = await self._claim(source, record, number, intent)
+                if claimed is None:
                     self.give_back(reservation)
                     return
-                assert isinstance(claim, Claimed)
-                dialed_at = claim.at
+                dialed_at = claimed.at
         except StoreUnavailable:
             # Never dial without a committed intent. The store says why once per outage; the
             # record goes back to the queue, and the hub dials nothing until the store is back.
@@ -194,7 +207,11 @@ class Attempts:
             logger.error("store.intent_failed record=%s error=%s", record.id, exc)
             self.queue.delay(source, record, self.clock.monotonic() + self.poll_interval)
             return
-        if not await self._restamp(record, attempt_id, dialed_at):
+        if claimed is None:
+            stamped = await self._restamp(record, attempt_id, dialed_at)
+        else:
+            stamped = await self._stamp_again(source, record, attempt_id, claimed)
+        if not stamped:
             source.known[record.id] = KnownRecord.of(RecordState.INTERRUPTED, number)
             self.give_back(reservation)
             return
@@ -216,18 +233,71 @@ class Attempts:
         with anyio.CancelScope(shield=True):  # an outcome, once known, is always recorded
             await self._settle(source, record, attempt_id, number, outcome)
 
-    def _claimed(self, source: Source, record: Record, claim: Claim) -> bool:
+    async def _claim(
+        self, source: Source, record: Record, number: int, intent: dict[str, Any]
+    ) -> Claimed | None:
+        """In a cluster: commit the intent as a claim under every daemon's limits, if it can
+        be won now; None if not (what stopped it is acted on: see :meth:`_claimed`)."""
+        assert self.cluster is not None
+        async with self._one_claim():
+            # Looked up once this claim's turn came: the others claim while it waits.
+            if await self._looked_up(source, record, number):
+                return None
+            claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
+        if self._claimed(claim, source, record):
+            return claim
+        return None
+
+    @asynccontextmanager
+    async def _one_claim(self) -> AsyncIterator[None]:
+        """In a cluster, one claim at a time from this daemon, after the shared limits have
+        room (as the last claim learned): the calls in flight do not each ask the database
+        at the same moment, where all but one would lose, every loss a transaction under
+        the cluster's lock that every daemon waits for."""
+        if self._claiming is None:
+            self._claiming = anyio.Lock()  # created lazily: it needs a running event loop
+        async with self._claiming:
+            if self.shared_room_at > self.clock.monotonic():
+                await self.clock.sleep_until(self.shared_room_at)
+            yield
+
+    async def _looked_up(self, source: Source, record: Record, number: int) -> bool:
+        """In a cluster, before a claim: whether the ledger shows ``record`` claimed by
+        another daemon already, read without the lock, with the records queued next to it
+        (one read). Those found claimed are learned and leave the queue, so claims under
+        the lock are made for records that may still be won. They gather in every daemon's
+        queue: the records of the others' shares (see :attr:`DispatchQueue.prefer`),
+        passed over until the shares change (a daemon joins or dies) and become someone
+        else's, or until a daemon with none of its own left near the head takes them."""
+        numbers = {record.id: number}
+        for record_id in source.first_ids(LOOKUP):
+            known = source.known.get(record_id)
+            numbers[record_id] = (known.attempts if known else 0) + 1
+        try:
+            lost = await self.store.taken(source.name, numbers)
+        except StoreError:
+            return False  # the claim will tell
+        for record_id, taken in lost.items():
+            source.known[record_id] = KnownRecord.of(taken.state, taken.attempts, taken.retry_at)
+            if record_id != record.id:
+                self.queue.withdraw(source, record_id)
+        if lost:
+            logger.debug("dial.claimed_elsewhere strategy=%s records=%d seen=ledger",
+                         source.name, len(lost))  # fmt: skip
+        return record.id in lost
+
+    def _claimed(self, claim: Claim, source: Source, record: Record) -> TypeGuard[Claimed]:
         """In a cluster: whether the claim was won. A record another daemon has is left to
         it (what it made of the record is known here from now on); one the shared limits
         hold back waits for the time they say."""
         if isinstance(claim, Claimed):
             return True
         if isinstance(claim, Taken):
-            logger.info("dial.claimed_elsewhere strategy=%s record=%s state=%s", source.name,
-                        record.id, claim.state.value)  # fmt: skip
+            logger.info("dial.claimed_elsewhere strategy=%s record=%s state=%s seen=claim",
+                        source.name, record.id, claim.state.value)  # fmt: skip
             source.known[record.id] = KnownRecord.of(claim.state, claim.attempts, claim.retry_at)
             return False
-        until = self.clock.monotonic() + max(0.0, (claim.until - self.clock.now()).total_seconds())
+        until = self.clock.monotonic() + claim.wait(self.clock.now())
         if claim.shared:  # no record may go before then: the dispatch loop waits too
             self.shared_room_at = max(self.shared_room_at, until)
         self.queue.delay(source, record, until, claim.why)
@@ -245,6 +315,35 @@ class Attempts:
             except StoreError as exc:
                 logger.error("store.restamp_failed record=%s error=%s (not dialed)", record.id, exc)
                 return False
+        return True
+
+    async def _stamp_again(
+        self, source: Source, record: Record, attempt_id: str, claim: Claimed
+    ) -> bool:
+        """In a cluster: the platform must see this dial no later than the margin after the
+        start its claim counts (the others count it from then). Half the margin is for what
+        follows this check (the send); past it, the start is stamped again under the lock,
+        within the rate window, waiting for room if there is none. False if it must not be
+        dialed (recovered by another daemon meanwhile, or the store refused)."""
+        assert self.cluster is not None
+        limits = self.cluster(source)
+        while self.clock.monotonic() - claim.since > limits.margin / 2:
+            try:
+                async with self._one_claim():
+                    again = await self.store.restamp_claim(attempt_id, limits)
+            except StoreUnavailable:
+                await self.store.wait_available()
+                continue
+            except StoreError as exc:
+                logger.error("store.restamp_failed record=%s error=%s (not dialed)", record.id, exc)
+                return False
+            if isinstance(again, Taken):
+                logger.error("dial.recovered_elsewhere record=%s (not dialed)", record.id)
+                return False
+            if isinstance(again, NotYet):
+                await self.clock.sleep_until(self.clock.monotonic() + again.wait(self.clock.now()))
+                continue
+            claim = again
         return True
 
     def give_back(self, reservation: Reservation | None) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
@@ -29,7 +30,7 @@ from anyio.abc import TaskGroup
 from ._gc import GcPause, young_threshold_raised
 from .abc import Agent, AgentContext, PollItem, Strategy, StrategyContext
 from .admission import Admission
-from .attempts import START_MARGIN, Attempts, Counters
+from .attempts import START_MARGIN, Attempts, Counters, claim_margin
 from .clock import Clock, SystemClock, in_loop, wait_for
 from .errors import DispatchError, StoreError, StoreInUse, StoreUnavailable
 from .histogram import HistogramStatistics
@@ -47,7 +48,7 @@ from .rules.gate import Refuse as GateRefuse
 from .rules.schedule import Schedule
 from .states import RecordState
 from .store import KnownRecord, Skipped, Store, controls
-from .store.cluster import ClusterLimits
+from .store.cluster import ClusterBusy, ClusterLimits
 from .store.outbox import Callback
 from .webhooks import WebhookEndpoint, Webhooks, routes
 from .workers import Workers
@@ -241,6 +242,8 @@ class DispatchHub:
             opt_out_reasons={name: r.opt_out_reasons for name, r in self._rules.items()},
             cluster=self._cluster_limits if self.store.cluster else None,
         )
+        if self.store.cluster:
+            self._queue.prefer = self._in_my_share
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
         self._stop_deadline = math.inf  # the event loop's time by which a stop is over
@@ -271,7 +274,17 @@ class DispatchHub:
             window=self.pacing.window,
             hold=self.recover_hold,
             caps=self._rules[source.name].caps,
+            margin=claim_margin(self.pacing.window),
         )
+
+    def _in_my_share(self, record_id: str) -> bool:
+        """In a cluster: whether ``record_id`` is of this daemon's share of the records, as
+        the live daemons were last seen (the same split in every daemon: a hash of the id
+        over their sorted ids)."""
+        peers = self.store.peers
+        if len(peers) < 2:
+            return True
+        return peers[zlib.crc32(record_id.encode()) % len(peers)] == self.store.owner
 
     def calling_rules(self, strategy: str) -> CallingRules:
         """The calling rules that apply to the records of the strategy named ``strategy``."""
@@ -675,7 +688,13 @@ class DispatchHub:
                 f"{dead.started_at:%Y-%m-%d %H:%M:%S}",
             )
         now = self.clock.now()
-        recovered = await self.store.recover(self.recover, now, max_dials=self.retry.max_dials)
+        try:
+            recovered = await self.store.recover(self.recover, now, max_dials=self.retry.max_dials)
+        except ClusterBusy as exc:
+            # Another daemon holds the cluster's lock; until the reaper recovers them at a
+            # beat, the claims count orphaned calls as in flight, so nothing is lost waiting.
+            logger.warning("cluster.recover_later error=%s (done at the next beat)", exc)
+            recovered = 0
         if recovered:
             logger.warning(
                 "store.recovered attempts=%d mode=%s hold=%gs (left in flight by a previous "
@@ -771,24 +790,37 @@ class DispatchHub:
         self._pauses = flags
 
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
-        """Tell the store this daemon is alive; stop the hub if another daemon took over."""
-        interval = self.store.heartbeat_options.interval
+        """Tell the store this daemon is alive; stop the hub if another daemon took over.
+        In a cluster, look for dead daemons at the same pace, in a task of its own: a wait
+        for the cluster's lock never delays a beat (late beats would get this daemon
+        judged dead)."""
         with scope:
-            while True:
-                await self.clock.sleep_until(self.clock.monotonic() + interval)
-                try:
-                    alive = await self.store.beat()
-                except StoreUnavailable:
-                    continue  # the store logs its outage once; beat again when it is back
-                except StoreError as exc:
-                    logger.error("store.heartbeat_failed error=%s", exc)
-                    continue
-                if not alive:
-                    raise StoreInUse(
-                        "another daemon took the store over (this one's heartbeat had expired)"
-                    )
+            async with anyio.create_task_group() as tg:
                 if self.store.cluster:
-                    await self._reap()
+                    tg.start_soon(self._reaper)
+                await self._beat()
+
+    async def _beat(self) -> None:
+        interval = self.store.heartbeat_options.interval
+        while True:
+            await self.clock.sleep_until(self.clock.monotonic() + interval)
+            try:
+                alive = await self.store.beat()
+            except StoreUnavailable:
+                continue  # the store logs its outage once; beat again when it is back
+            except StoreError as exc:
+                logger.error("store.heartbeat_failed error=%s", exc)
+                continue
+            if not alive:
+                raise StoreInUse(
+                    "another daemon took the store over (this one's heartbeat had expired)"
+                )
+
+    async def _reaper(self) -> None:
+        interval = self.store.heartbeat_options.interval
+        while True:
+            await self.clock.sleep_until(self.clock.monotonic() + interval)
+            await self._reap()
 
     async def _reap(self) -> None:
         """In a cluster, at every beat: remove the daemons whose heartbeat expired, recover

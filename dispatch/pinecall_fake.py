@@ -209,11 +209,11 @@ class FakePinecall:
 
     async def wait_for(self, event: str, count: int = 1) -> None:
         """Return once ``count`` frames of ``event`` have been received."""
-        await self._wait_until(lambda: len(self.received(event)) >= count)
+        await self.wait_until(lambda: len(self.received(event)) >= count)
 
     async def wait_sent(self, event: str, count: int = 1) -> None:
         """Return once the fake has sent ``count`` frames of ``event`` (on any connection)."""
-        await self._wait_until(lambda: sum(r.event == event for r in self.sent) >= count)
+        await self.wait_until(lambda: sum(r.event == event for r in self.sent) >= count)
 
     async def flush(self) -> None:
         """Send a ``ping`` on every open connection and return once each has answered it:
@@ -223,7 +223,7 @@ class FakePinecall:
             pongs = self._pongs(connection.number)
             await self._send(connection, {"event": "ping"})
             number = connection.number
-            await self._wait_until(lambda: self._pongs(number) > pongs)  # noqa: B023 - awaited here
+            await self.wait_until(lambda: self._pongs(number) > pongs)  # noqa: B023 - awaited here
 
     async def drop(self, code: int = 1011, reason: str = "gone") -> None:
         """Close every open connection, as a network failure would (or, with a reason such as
@@ -239,7 +239,9 @@ class FakePinecall:
     def _pongs(self, connection: int) -> int:
         return sum(1 for r in self.received("pong") if r.connection == connection)
 
-    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked as each frame is received or
+        sent (so a test acts at the very frame it waits for, before the fake's next)."""
         while not predicate():
             if self._changed is None:
                 self._changed = anyio.Event()

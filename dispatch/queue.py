@@ -15,7 +15,7 @@ import heapq
 import itertools
 import math
 from collections import Counter, deque
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,7 +27,11 @@ from .histogram import POLL_BUCKETS, Histogram
 from .record import Record
 from .store import KnownRecord
 
-__all__ = ["DispatchQueue", "Source"]
+__all__ = ["LOOKAHEAD", "DispatchQueue", "Source"]
+
+# In a cluster, how many records of other daemons' shares a take passes over looking for one
+# of its own daemon's (see DispatchQueue.prefer): no record waits behind more younger ones.
+LOOKAHEAD = 32
 
 
 @dataclass(slots=True)
@@ -90,8 +94,12 @@ class Source:
                 self.order.append(record.id)
         self.pending[record.id] = record
 
-    def take_first(self, blocked: Set[str]) -> Record | None:
-        """Remove and return the first pending record whose number is not in ``blocked``.
+    def take_first(
+        self, blocked: Set[str], prefer: Callable[[str], bool] | None = None
+    ) -> Record | None:
+        """Remove and return the first pending record whose number is not in ``blocked``;
+        with ``prefer`` (a record id -> whether this daemon's share), the first such record
+        of its share among the first :data:`LOOKAHEAD` others, else the first.
 
         O(1) for the first record of the queue, however many were taken before it (a dict
         walks the holes its deleted entries leave: a take at 300,000 records walked 75,000 of
@@ -100,17 +108,33 @@ class Source:
         order, pending = self.order, self.pending
         while order and order[0] not in pending:
             order.popleft()
+        first = None
+        others = 0
         for index, record_id in enumerate(order):
             record = pending.get(record_id)
             if record is None or record.phone in blocked:
                 continue
-            del pending[record_id]
-            if index == 0:
-                order.popleft()
-            else:
-                del order[index]
-            return record
-        return None
+            if prefer is None or prefer(record_id):
+                return self._take(index, record_id)
+            if first is None:
+                first = index
+            others += 1
+            if others >= LOOKAHEAD:
+                break
+        return None if first is None else self._take(first, order[first])
+
+    def _take(self, index: int, record_id: str) -> Record:
+        record = self.pending.pop(record_id)
+        if index == 0:
+            self.order.popleft()
+        else:
+            del self.order[index]
+        return record
+
+    def first_ids(self, count: int) -> list[str]:
+        """The ids of the first ``count`` pending records."""
+        pending = self.pending
+        return list(itertools.islice((i for i in self.order if i in pending), count))
 
     def queued_ids(self) -> list[str]:
         """The records queued and not in flight (pending, or waiting for a time)."""
@@ -130,6 +154,10 @@ class DispatchQueue:
         self._delayed: list[tuple[float, int, Source, Record]] = []
         self._seq = itertools.count()
         self._rr = 0  # round-robin position across sources
+        # In a cluster: whether a record (by id) is of this daemon's share. Each daemon takes
+        # its own share first, so daemons walking the same records in the same order do not
+        # all claim the same one (only one would win); every record is some live daemon's.
+        self.prefer: Callable[[str], bool] | None = None
         self._changed: anyio.Event | None = None
         self._timer_scope: anyio.CancelScope | None = None
         self._timer_target = math.inf  # the deadline the timer sleeps for
@@ -208,7 +236,7 @@ class DispatchQueue:
                 blocked = blocked | self._holds.keys()
             for offset in range(count):
                 source = self.sources[(self._rr + offset) % count]
-                record = source.take_first(blocked)
+                record = source.take_first(blocked, self.prefer)
                 if record is not None:
                     source.in_flight.add(record.id)
                     self._phones_busy.add(record.phone)

@@ -49,7 +49,7 @@ async def _reading(settings: Settings, base: Path) -> AsyncIterator[Store]:
 
 async def status(settings: Settings, base: Path, args: argparse.Namespace) -> None:
     async with _reading(settings, base) as store:
-        report = await reports.status(store.engine, datetime.now(UTC))
+        report = await reports.status(store.engine)
         flags = await controls.paused(store.engine)
     if args.json:
         paused = {
@@ -89,7 +89,7 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
     alive = report.alive(settings.store.heartbeat_timeout)
     total = sum(d.dials_last_hour for d in alive) or 1
     for daemon in alive:
-        age = (report.generated_at - daemon.heartbeat_at).total_seconds()
+        age = daemon.heartbeat_age(report.generated_at)
         share = f"{daemon.dials_last_hour} dials in the last hour"
         if len(alive) > 1:  # several daemons: each one's share
             share += f" ({100 * daemon.dials_last_hour / total:.0f}%)"
@@ -102,9 +102,15 @@ async def status(settings: Settings, base: Path, args: argparse.Namespace) -> No
     flying = str(report.in_flight)
     if report.in_flight and not alive:
         flying += " (left by a daemon that is gone: the next start records them interrupted)"
+    rate = []
+    if len(alive) > 1:  # the global rate: every daemon's starts count against one limit
+        rate.append(f"{len(alive)} daemons together")
+    if (limit := settings.pacing.max_calls_per_minute) is not None:
+        rate.append(f"limit {limit} per {settings.pacing.window:g}s")
     print(
         f"calls in flight: {flying}; "
-        f"dial starts in the last minute: {report.dials_last_minute}; "
+        f"dial starts in the last minute: {report.dials_last_minute}"
+        f"{' (' + '; '.join(rate) + ')' if rate else ''}; "
         f"callbacks pending: {report.outbox_pending} ({report.outbox_failing} failing)"
     )
 

@@ -1,5 +1,5 @@
-"""A CSV strategy whose callbacks append to a log, for the kill -9 test (loaded by the daemon
-through `kind = "python"`)."""
+"""A CSV strategy whose callbacks append to a log, for the kill -9 and cluster tests (loaded by
+the daemon through `kind = "python"`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from strategies import CsvStrategy
 
 class LoggedCsv(CsvStrategy):
     """Each callback appends one line, ``<callback> <record id> <args...>``, in one write(2) so
-    a kill never leaves half a line that a later delivery would follow."""
+    a kill never leaves half a line that a later delivery would follow. With ``pid``, each
+    line starts with the delivering process's pid (several daemons share one log)."""
 
-    def __init__(self, path: str, log: str, **options: Any) -> None:
+    def __init__(self, path: str, log: str, pid: bool = False, **options: Any) -> None:
         super().__init__(path, **options)
         self.log = Path(log)
+        self.pid = pid
 
     def _append(self, *fields: str) -> None:
+        if self.pid:
+            fields = (str(os.getpid()), *fields)
         fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (" ".join(fields) + "\n").encode())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -46,6 +46,11 @@ class Daemon:
     started_at: datetime
     heartbeat_at: datetime
     dials_last_hour: int = 0  # its share of the dial starts of the last hour
+
+    def heartbeat_age(self, now: datetime) -> float:
+        """Seconds since its last heartbeat, as of ``now``; never below 0 (a beat committed
+        after ``now`` was read is fresh, not from the future)."""
+        return max(0.0, (now - self.heartbeat_at).total_seconds())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,8 +142,12 @@ _BY_REASON = {
 }
 
 
-async def status(engine: AsyncEngine, now: datetime) -> StatusReport:
-    """Counts per strategy and state, calls in flight, and the dial rate of the last minute."""
+async def status(engine: AsyncEngine, now: datetime | None = None) -> StatusReport:
+    """Counts per strategy and state, calls in flight, and the dial rate of the last minute,
+    as of ``now`` (by default the database's clock on PostgreSQL, which is what daemons of a
+    cluster stamp their heartbeats and dials with; the system's otherwise)."""
+    if now is None:
+        now = await _now(engine)
     by_state = select(records.c.strategy, records.c.state, records.c.reason, func.count()).group_by(
         records.c.strategy, records.c.state, records.c.reason
     )
@@ -246,3 +255,12 @@ async def history(
                     values["transcript"] = json.loads(transcript or "[]")
                 rows.append(AttemptRow(**values))
             return rows
+
+
+async def _now(engine: AsyncEngine) -> datetime:
+    if engine.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    with translated("reading the status"):
+        async with engine.connect() as conn:
+            now: datetime = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+    return now

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -52,6 +52,7 @@ from ..states import AttemptState, RecordState, SkipReason
 from . import cluster
 from . import instances as inst
 from . import outbox as ob
+from .cluster import shared_time
 from .errors import translated
 from .migrate import upgrade_connection
 from .models import attempts, do_not_call, instances, records, sources
@@ -206,6 +207,10 @@ class Store:
             )
         self.cluster = cluster
         self.clock = clock or SystemClock()
+        # In a cluster, the clock every daemon reads (the database's, unless a test injects
+        # one), and the ids of the daemons alive as last seen (this one's too).
+        self.shared_time = shared_time(self.clock)
+        self.peers: tuple[str, ...] = ()
         self.retry = retry or Backoff(initial=0.5, maximum=30.0)
         self.heartbeat_options = heartbeat or Heartbeat()
         self.instance: inst.Instance | None = None  # once claim()ed
@@ -353,7 +358,8 @@ class Store:
         me = inst.Instance.this_process(self.clock.now(), cluster=self.cluster)
         expiry = timedelta(seconds=self.heartbeat_options.timeout)
         if self.cluster:  # beside the live daemons; the dead ones are removed
-            replaced = await cluster.join(self.engine, me, expiry=expiry)
+            replaced, alive = await cluster.join(self.engine, me, self.shared_time, expiry=expiry)
+            self.peers = tuple(alive)
         else:
             replaced = await inst.claim(self.engine, me, expiry=expiry)
         self.instance = me
@@ -364,11 +370,18 @@ class Store:
         attempts in flight are then recovered: :meth:`recover`)."""
         assert self.instance is not None, "claim() first"
         expiry = timedelta(seconds=self.heartbeat_options.timeout)
-        return await cluster.reap(self.engine, self.instance, self.clock.now(), expiry=expiry)
+        dead, alive = await cluster.reap(
+            self.engine, self.instance, self.shared_time, expiry=expiry
+        )
+        self.peers = tuple(alive)
+        return dead
 
     async def beat(self) -> bool:
-        """Write this daemon's heartbeat; False if another daemon has taken the store over."""
+        """Write this daemon's heartbeat; False if another daemon has taken the store over
+        (or, in a cluster, judged this one dead)."""
         assert self.instance is not None, "claim() first"
+        if self.cluster:
+            return await cluster.beat(self.engine, self.instance, self.shared_time)
         return await inst.heartbeat(self.engine, self.instance, self.clock.now())
 
     async def release(self) -> None:
@@ -435,7 +448,9 @@ class Store:
         ``mode="interrupt"`` (never re-dialed: the phone may have rung), or goes back to
         ``retry`` with ``"retry"`` (the interrupted attempt still counts against the cap: a
         record that has had ``max_dials`` dials becomes ``interrupted`` instead). A record
-        with a later attempt keeps its state: recovery never downgrades an outcome.
+        with a later attempt keeps its state: recovery never downgrades an outcome. In a
+        cluster they end at the shared clock's time, not ``now`` (their numbers' hold
+        counts from it).
         """
         later = aliased(attempts)
         newer = (
@@ -462,6 +477,7 @@ class Store:
             async with self.engine.begin() as conn:
                 if self.cluster:  # one daemon at a time recovers (and none claims meanwhile)
                     await cluster.lock(conn)
+                    now = (await conn.execute(select(self.shared_time.now()))).scalar_one()
                 rows = (await conn.execute(query)).all()
                 if not rows:
                     return 0
@@ -605,17 +621,44 @@ class Store:
         not. Idempotent by ``attempt_id``. An unreachable store raises
         :class:`~dispatch.errors.StoreUnavailable`, and the writer learns of the outage."""
         rows = self._intent_rows(attempt_id, strategy, record_id, number, phone, at, evidence)
-        try:
-            return await cluster.claim_dial(
+        return await self._outage_told(
+            cluster.claim_dial(
                 self.engine,
                 rows=rows,
                 upsert_record=self._upsert_record,
                 limits=limits,
+                time=self.shared_time,
                 clock=self.clock,
             )
+        )
+
+    async def restamp_claim(self, attempt_id: str, limits: cluster.ClusterLimits) -> cluster.Claim:
+        """In a cluster, the dial of a claim goes out too long after its stamp (see
+        ``limits.margin``): stamp it again, under the lock and the rate window (see
+        :func:`~dispatch.store.cluster.restamp`). An unreachable store raises, as a claim."""
+        return await self._outage_told(
+            cluster.restamp(
+                self.engine,
+                attempt_id=attempt_id,
+                owner=self.owner,
+                limits=limits,
+                time=self.shared_time,
+                clock=self.clock,
+            )
+        )
+
+    async def _outage_told(self, claim: Awaitable[cluster.Claim]) -> cluster.Claim:
+        """``claim``'s answer; if the store is unreachable, the writer learns of it first."""
+        try:
+            return await claim
         except StoreUnavailable:
             await self.check()  # raises too; the writer now probes until the store is back
             raise
+
+    async def taken(self, strategy: str, numbers: Mapping[str, int]) -> dict[str, cluster.Taken]:
+        """In a cluster: which of these records (id -> the attempt this daemon would make)
+        other daemons have claimed or finished, read without the cluster's lock."""
+        return await cluster.taken(self.engine, strategy, numbers)
 
     def _intent_rows(
         self,

@@ -4,24 +4,30 @@ database, as in separate processes."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import time
 import uuid
-from collections.abc import AsyncIterator
-from datetime import timedelta
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import anyio
 import pytest
+from sqlalchemy.exc import DBAPIError
 
-from dispatch import Heartbeat, Record, Store
+from dispatch import DialRequest, DispatchHub, Heartbeat, Pacing, Record, Store
+from dispatch.clock import SystemClock
 from dispatch.errors import StoreError, StoreInUse
 from dispatch.rules.caps import Caps
 from dispatch.states import AttemptState, RecordState
-from dispatch.store import DoNotCall, Skipped
+from dispatch.store import DoNotCall, Skipped, cluster
 from dispatch.store import outbox as ob
-from dispatch.store.cluster import Claimed, ClusterLimits, NotYet, Taken
-from dispatch.testing import ManualClock
+from dispatch.store.cluster import Claimed, ClusterBusy, ClusterLimits, NotYet, Taken
+from dispatch.store.models import attempts
+from dispatch.testing import ManualClock, ScriptedAgent
 from tests.conftest import fetch
-from tests.support import PHONES
+from tests.support import PHONES, QUIET_HEARTBEAT, ListStrategy, rec
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +35,7 @@ A, B, C = PHONES[:3]
 OPEN = ClusterLimits(max_concurrent=10, max_calls_per_minute=None, window=60.0, hold=600.0,
                      caps=Caps())  # fmt: skip
 BEAT = Heartbeat(interval=1.0, timeout=3.0)
+T = TypeVar("T")
 
 
 class Daemon:
@@ -313,3 +320,319 @@ async def test_cluster_and_single_daemons_never_share_a_store(postgres_url: str)
     finally:
         await single.aclose()
         await joiner.aclose()
+
+
+async def through(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` once it gets the cluster's lock (each try gives up after LOCK_TIMEOUT)."""
+    while True:
+        try:
+            return await call()
+        except ClusterBusy:
+            continue
+
+
+async def test_a_daemon_frozen_holding_the_lock_holds_no_claim_up_for_long_and_is_cut_off(
+    daemons: tuple[Daemon, Daemon, ManualClock], postgres_url: str
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="a1"), Claimed)
+    # A daemon frozen mid-claim (SIGSTOP): the lock taken, its intent written, no commit.
+    frozen = await one.store.engine.connect()
+    await frozen.begin()
+    await cluster.lock(frozen)
+    await frozen.execute(
+        attempts.insert().values(id="a2", strategy="list", record_id="r2", number=1, phone=B,
+                                 state="dialing", dialed_at=clock.now(), owner="frozen")
+    )  # fmt: skip
+    began = time.monotonic()
+    with anyio.fail_after(cluster.LOCK_TIMEOUT + 0.5):
+        busy = await two.claim("r3", C)
+    assert busy == NotYet(busy.until, "cluster lock busy", shared=True)
+    assert busy.until > clock.now()  # looked at again shortly, not never
+
+    # The database ends the frozen session after HOLD_LIMIT: recovery and reaping go on.
+    clock.advance(4)  # one stopped beating too
+    assert await two.store.beat()
+    with anyio.fail_after(cluster.HOLD_LIMIT + cluster.LOCK_TIMEOUT + 1):
+        dead = await through(two.store.reap)
+        recovered = await through(lambda: two.store.recover("interrupt", clock.now()))
+    assert time.monotonic() - began < cluster.HOLD_LIMIT + cluster.LOCK_TIMEOUT + 1
+    assert [d.id for d in dead] == [one.store.instance.id]  # type: ignore[union-attr]
+    assert recovered == 1  # r1; the frozen claim of r2 was never committed
+    rows = await fetch(postgres_url, "SELECT id, state FROM attempts ORDER BY id")
+    assert rows == [("a1", "interrupted")]
+    with pytest.raises(DBAPIError):
+        await frozen.commit()  # thawed: its claim cannot commit, so it never dials
+    await frozen.close()
+
+
+async def test_a_start_counts_for_the_window_and_the_margin_its_dial_may_come_late(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    limits = ClusterLimits(10, 1, 60.0, 600.0, Caps(), margin=1.0)
+    start = clock.now()
+    assert isinstance(await one.claim("r1", A, limits), Claimed)
+    clock.advance(60.5)  # the window has passed, not the margin: r1's dial may be this late
+    limited = await two.claim("r2", B, limits)
+    assert limited == NotYet(start + timedelta(seconds=61), "rate limit", shared=True)
+    assert limited.wait(clock.now()) == 0.5  # measured on the clock that judged
+    clock.advance(0.5)
+    assert isinstance(await two.claim("r2", B, limits), Claimed)
+
+
+async def test_a_dial_late_for_its_claim_is_stamped_again_only_where_the_window_has_room(
+    daemons: tuple[Daemon, Daemon, ManualClock], postgres_url: str
+) -> None:
+    one, two, clock = daemons
+    limits = ClusterLimits(10, 1, 60.0, 600.0, Caps(), margin=1.0)
+    start = clock.now()
+    assert isinstance(await one.claim("r1", A, limits, attempt_id="a1"), Claimed)
+    clock.advance(5)  # its dial has not gone out: moved to now (alone in the window)
+    again = await one.store.restamp_claim("a1", limits)
+    assert again == Claimed(start + timedelta(seconds=5), again.since)  # type: ignore[union-attr]
+    clock.advance(61)
+    assert isinstance(await two.claim("r2", B, limits, attempt_id="a2"), Claimed)
+    # a1 moved past a2's start would put both in one window: not before a2 leaves it.
+    clock.advance(1)
+    refused = await one.store.restamp_claim("a1", limits)
+    assert refused == NotYet(start + timedelta(seconds=66 + 61), "rate limit", shared=True)
+    stamps = await fetch(postgres_url, "SELECT id, dialed_at FROM attempts ORDER BY id")
+    assert [t - start for _, t in stamps] == [timedelta(seconds=5), timedelta(seconds=66)]
+
+
+async def test_a_claim_recovered_or_settled_meanwhile_is_never_stamped_again(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A, attempt_id="a1"), Claimed)
+    clock.advance(4)  # frozen past its heartbeat: two recovers a1
+    assert await two.store.beat()
+    await two.store.reap()
+    assert await two.store.recover("interrupt", clock.now()) == 1
+    with pytest.raises(StoreInUse):
+        await one.store.restamp_claim("a1", OPEN)
+    assert isinstance(await two.claim("r2", B, attempt_id="a2"), Claimed)
+    await two.store.finished(
+        attempt_id="a2", strategy="list", record_id="r2", state=AttemptState.UNKNOWN,
+        record_state=RecordState.FAILED, reason="unknown", call_id=None, duration=None,
+        at=clock.now(),
+    )  # fmt: skip
+    assert await two.store.restamp_claim("a2", OPEN) == Taken(RecordState.INTERRUPTED, 1, None)
+
+
+async def test_the_ledger_tells_without_the_lock_which_queued_records_others_claimed(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    assert isinstance(await one.claim("r1", A), Claimed)
+    skip = Skipped("list", "r2", "12", RecordState.SKIPPED, "invalid_phone", 0)
+    await one.store.skipped([skip], at=clock.now())
+    frozen = await one.store.engine.connect()  # the lock held: the read does not wait for it
+    await frozen.begin()
+    await cluster.lock(frozen)
+    try:
+        with anyio.fail_after(cluster.LOCK_TIMEOUT / 2):
+            lost = await two.store.taken("list", {"r1": 1, "r2": 1, "r3": 1})
+    finally:
+        await frozen.rollback()
+        await frozen.close()
+    # r1 is in a call at one; r2 was skipped for its phone, which may have been fixed since;
+    # r3 nobody has.
+    assert lost == {"r1": Taken(RecordState.DIALING, 1, None)}
+
+
+async def test_cluster_times_are_the_databases_whatever_a_hosts_clock_says(
+    postgres_url: str,
+) -> None:
+    class Ahead(SystemClock):
+        """A machine whose clock is an hour fast."""
+
+        def now(self) -> datetime:
+            return super().now() + timedelta(hours=1)
+
+    stores = [Store(postgres_url, heartbeat=BEAT, cluster=True, clock=c)
+              for c in (SystemClock(), Ahead())]  # fmt: skip
+    try:
+        for store in stores:
+            await store.open()
+            await store.claim()
+        on_time, ahead = stores
+        assert await on_time.beat()
+        # By its own clock, the other's heartbeat is an hour old; by the database's, fresh.
+        assert await ahead.reap() == []
+        claim = await ahead.claim_dial(
+            attempt_id="a1", strategy="list", record_id="r1", number=1, phone=A,
+            at=ahead.clock.now(), limits=OPEN,
+        )  # fmt: skip
+        assert isinstance(claim, Claimed)
+        assert abs(claim.at - datetime.now(UTC)) < timedelta(minutes=1)
+        [(beat,)] = await fetch(postgres_url, "SELECT max(heartbeat_at) FROM instances")
+        assert abs(beat - datetime.now(UTC)) < timedelta(minutes=1)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_a_callback_of_one_daemon_holds_back_the_next_of_its_record_at_another(
+    daemons: tuple[Daemon, Daemon, ManualClock],
+) -> None:
+    one, two, clock = daemons
+    record = Record(id="r1", phone="12")
+    first = ob.Callback("list", "on_skipped", record, ("invalid_phone",))
+    second = ob.Callback("list", "on_failed", record, ("later",))
+    skip = Skipped("list", "r1", "12", RecordState.SKIPPED, "invalid_phone", 0, first)
+    await one.store.skipped([skip], at=clock.now())  # one's row, then two's, of one record
+    await two.store.skipped(
+        [Skipped("list", "r1", "12", RecordState.SKIPPED, "invalid_phone", 0, second)],
+        at=clock.now(),
+    )
+    assert await ob.due(two.store.engine, clock.now(), owner=two.store.owner) == []
+    assert await ob.next_due(two.store.engine, owner=two.store.owner) is None
+    [row] = await ob.due(one.store.engine, clock.now(), owner=one.store.owner)
+    assert row.callback == first
+    await one.store.delivered([row.id], clock.now())
+    [row] = await ob.due(two.store.engine, clock.now(), owner=two.store.owner)
+    assert row.callback == second
+
+
+class Recording(Store):
+    """A daemon's store that counts its claims, notes when it beats, and (``lag``) gets the
+    answer of each claim that long after its commit, on the manual clock (a slow network,
+    a loaded machine)."""
+
+    def __init__(self, url: str, *, lag: float = 0.0, **options: Any) -> None:
+        super().__init__(url, cluster=True, **options)
+        self.lag = lag
+        self.claims = 0
+        self.beats: list[float] = []
+
+    async def claim_dial(self, **intent: Any) -> Any:
+        self.claims += 1
+        claim = await super().claim_dial(**intent)
+        if self.lag:
+            assert isinstance(self.clock, ManualClock)
+            self.clock.advance(self.lag)
+        return claim
+
+    async def beat(self) -> bool:
+        self.beats.append(time.monotonic())
+        return await super().beat()
+
+
+def cluster_hub(store: Store, agent: ScriptedAgent, source: ListStrategy, **options: Any) -> Any:
+    return DispatchHub(agent=agent, strategies=[source], store=store, clock=store.clock, **options)
+
+
+async def test_a_dial_that_goes_out_late_after_its_claim_is_stamped_again_first(
+    postgres_url: str,
+) -> None:
+    clock = ManualClock()
+    # The answer comes back 0.6 s after the commit: over half of the 1 s margin of a
+    # 60 s window, so the start the others count would be too early for the dial.
+    store = Recording(postgres_url, lag=0.6, clock=clock, heartbeat=QUIET_HEARTBEAT)
+    dialed: list[datetime] = []
+    agent = ScriptedAgent(on_dial=lambda _: dialed.append(clock.now()))
+    hub = cluster_hub(store, agent, ListStrategy([rec("r1", A)]),
+                      pacing=Pacing(max_calls_per_minute=1, window=60.0))  # fmt: skip
+    with anyio.fail_after(10):
+        async with hub:
+            await agent.wait_for_dials(1)
+    [(stamped,)] = await fetch(postgres_url, "SELECT dialed_at FROM attempts")
+    assert dialed == [stamped]
+
+
+async def test_a_daemons_claims_go_one_at_a_time_and_wait_for_the_shared_limits(
+    postgres_url: str,
+) -> None:
+    clock = ManualClock()
+    store = Recording(postgres_url, clock=clock, heartbeat=QUIET_HEARTBEAT)
+    agent = ScriptedAgent()
+    source = ListStrategy([rec(f"r{n}", PHONES[n]) for n in range(3)])
+    pacing = Pacing(max_calls_per_minute=1, window=60.0, max_concurrent=3)
+    with anyio.fail_after(10):
+        async with cluster_hub(store, agent, source, pacing=pacing):
+            await agent.wait_for_dials(1)
+            await clock.wait_for_deadline(61.0)  # the window, and the margin: 1 s
+            await clock.wait_all_tasks_blocked()
+            # r2 learned that the window is full; r3 did not ask the database as well.
+            assert (len(agent.dials), store.claims) == (1, 2)
+            clock.advance(61.0)
+            await agent.wait_for_dials(2)
+
+
+async def test_no_dial_goes_out_while_a_frozen_daemon_holds_the_lock_and_beats_go_on(
+    postgres_url: str,
+) -> None:
+    store = Recording(postgres_url, heartbeat=Heartbeat(interval=0.2, timeout=5.0))
+    dialed: list[tuple[float, list[tuple[Any, ...]]]] = []
+
+    async def on_dial(request: DialRequest) -> None:
+        committed = await fetch(
+            postgres_url, f"SELECT state FROM attempts WHERE id = '{request.dispatch_id}'"
+        )
+        dialed.append((time.monotonic(), committed))
+
+    agent = ScriptedAgent(on_dial=on_dial)
+    source = ListStrategy()
+    with anyio.fail_after(15):
+        async with cluster_hub(store, agent, source, poll_interval=0.1):
+            frozen = await store.engine.connect()
+            await frozen.begin()
+            await cluster.lock(frozen)
+            held_at = time.monotonic()
+            source.records = [rec("r1", A), rec("r2", B)]
+            source.poll_now()
+            await agent.wait_for_dials(2)
+            with contextlib.suppress(DBAPIError):  # closed by the database already
+                await frozen.close()
+    assert [committed for _, committed in dialed] == [[("dialing",)], [("dialing",)]]
+    assert min(at for at, _ in dialed) >= held_at + cluster.HOLD_LIMIT - 0.05
+    during = [at for at in store.beats if held_at <= at <= dialed[0][0]]
+    assert max(b - a for a, b in itertools.pairwise([held_at, *during])) < 0.7
+
+
+async def test_records_another_daemon_claimed_are_learned_from_the_ledger_not_claimed(
+    daemons: tuple[Daemon, Daemon, ManualClock], postgres_url: str
+) -> None:
+    one, _, clock = daemons
+    store = Recording(postgres_url, clock=clock, heartbeat=QUIET_HEARTBEAT)
+    agent = ScriptedAgent()
+    source = ListStrategy()
+    with anyio.fail_after(10):
+        async with cluster_hub(store, agent, source, pacing=Pacing(max_concurrent=3)):
+            for n in range(2):  # one claims r0 and r1 while this daemon runs
+                assert isinstance(await one.claim(f"r{n}", PHONES[n]), Claimed)
+            source.records = [rec(f"r{n}", PHONES[n]) for n in range(3)]
+            source.poll_now()
+            await agent.wait_for_dials(1)
+            await clock.wait_all_tasks_blocked()
+    assert [d.to for d in agent.dials] == [PHONES[2]]
+    assert store.claims == 1  # r0 and r1 were read to be taken, with r2's claim
+
+
+async def test_a_daemon_starting_while_the_lock_is_held_leaves_recovery_to_a_later_beat(
+    postgres_url: str,
+) -> None:
+    class FrozenAfterJoining(Recording):
+        """Right after this daemon joins, another one freezes holding the lock."""
+
+        frozen: Any = None
+
+        async def claim(self) -> list[Any]:
+            joined = await super().claim()
+            self.frozen = await self.engine.connect()
+            await self.frozen.begin()
+            await cluster.lock(self.frozen)
+            return joined
+
+    store = FrozenAfterJoining(postgres_url, heartbeat=Heartbeat(interval=0.2, timeout=5.0))
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    try:
+        with anyio.fail_after(15):
+            async with cluster_hub(store, agent, source, poll_interval=0.1):
+                await agent.wait_for_dials(1)  # once the frozen one is cut off
+    finally:
+        with contextlib.suppress(DBAPIError):
+            await store.frozen.close()

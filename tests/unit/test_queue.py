@@ -3,7 +3,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from dispatch.queue import DispatchQueue, Source
+from dispatch.queue import LOOKAHEAD, DispatchQueue, Source
 from dispatch.testing import ManualClock
 from tests.support import PHONES, ListStrategy, rec
 
@@ -158,3 +158,28 @@ async def test_a_record_withdrawn_and_queued_again_many_times_is_taken_once_in_o
     assert [(await q.take())[1].id for _ in range(3)] == ["first", "again", "last"]
     assert not source.pending
     assert not source.take_first(set())
+
+
+async def test_in_a_cluster_a_daemon_takes_its_own_share_first_in_order() -> None:
+    q = queue("s")
+    [source] = q.sources
+    for n in range(9):
+        q.admit(source, rec(f"r{n}", PHONES[n]))
+    q.prefer = lambda record_id: int(record_id[1:]) % 3 == 1  # this daemon's third
+    taken = [(await q.take())[1].id for _ in range(3)]
+    assert taken == ["r1", "r4", "r7"]
+    # None of its own left: the others' in their order, from the head (their owners may be
+    # gone, or slow; nothing waits for ever).
+    assert [(await q.take())[1].id for _ in range(6)] == ["r0", "r2", "r3", "r5", "r6", "r8"]
+
+
+async def test_in_a_cluster_no_record_is_passed_over_by_more_than_the_lookahead() -> None:
+    q = queue("s")
+    [source] = q.sources
+    total = LOOKAHEAD + 5
+    for n in range(total):
+        q.admit(source, rec(f"r{n}", PHONES[n]))
+    q.prefer = lambda record_id: record_id == f"r{total - 1}"  # its only one: far back
+    assert (await q.take())[1].id == "r0"  # the head, not a record LOOKAHEAD places behind
+    q.prefer = lambda record_id: record_id == f"r{LOOKAHEAD}"  # within reach
+    assert (await q.take())[1].id == f"r{LOOKAHEAD}"
