@@ -1258,8 +1258,15 @@ class DispatchHub:
         slots.release()
         if isinstance(verdict, Hold):
             wait = max(0.0, (verdict.until - self.clock.now()).total_seconds())
-            logger.info("record.held strategy=%s record=%s why=%s", source.name, record.id,
-                        verdict.why)  # fmt: skip
+            # A paused strategy's records come back here every poll interval: `hub.paused`
+            # said it once, and a large campaign would flood the journal at INFO.
+            logger.log(
+                logging.DEBUG if verdict.why == "paused" else logging.INFO,
+                "record.held strategy=%s record=%s why=%s",
+                source.name,
+                record.id,
+                verdict.why,
+            )
             self._queue.delay(source, record, self.clock.monotonic() + wait, verdict.why)
             return
         skips: list[tuple[Skipped, KnownRecord | None]] = []
