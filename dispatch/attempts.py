@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 # commit: a restarted daemon seeds its rate limiter with each start this much later. A commit
 # that takes longer moves the start it records to the time the dial really begins.
 START_MARGIN = 1.0
+# In a cluster, how often a dial that goes out late after its claim is stamped again, at most.
+RESTAMPS = 3
 # In a cluster, how many of the records queued next to one about to be claimed are looked up
 # in the ledger with it (one read, without the cluster's lock).
 LOOKUP = 64
@@ -174,7 +176,8 @@ class Attempts:
             )
             return
         key = (source.name, record.id)
-        attempt_id = self._unsure.pop(key, None) or secrets.token_hex(16)  # 128 random bits
+        unsure = self._unsure.pop(key, None)  # an intent whose commit we never heard of
+        attempt_id = unsure or secrets.token_hex(16)  # 128 random bits
         dialed_at = self.clock.now()
         intent: dict[str, Any] = {
             "attempt_id": attempt_id,
@@ -190,7 +193,7 @@ class Attempts:
             if self.cluster is None:
                 await self.store.intent(**intent)
             else:
-                claimed = await self._claim(source, record, number, intent)
+                claimed = await self._claim(source, record, number, intent, unsure is not None)
                 if claimed is None:
                     self.give_back(reservation)
                     return
@@ -210,14 +213,15 @@ class Attempts:
         if claimed is None:
             stamped = await self._restamp(record, attempt_id, dialed_at)
         else:
-            stamped = await self._stamp_again(source, record, attempt_id, claimed)
-        if not stamped:
+            again = await self._stamp_again(source, record, attempt_id, claimed)
+            stamped = again.at if again is not None else None
+        if stamped is None:
             source.known[record.id] = KnownRecord.of(RecordState.INTERRUPTED, number)
             self.give_back(reservation)
             return
         if reservation is not None and self.limiter is not None:
             await self.limiter.start(reservation)  # the start is counted from now
-        self.caps.started(record.phone, dialed_at)
+        self.caps.started(record.phone, stamped)  # the start as the ledger has it
         source.known[record.id] = KnownRecord.of(RecordState.DIALING, number)
         self.counters.dialed += 1
         source.dialed += 1
@@ -234,14 +238,17 @@ class Attempts:
             await self._settle(source, record, attempt_id, number, outcome)
 
     async def _claim(
-        self, source: Source, record: Record, number: int, intent: dict[str, Any]
+        self, source: Source, record: Record, number: int, intent: dict[str, Any], unsure: bool
     ) -> Claimed | None:
         """In a cluster: commit the intent as a claim under every daemon's limits, if it can
-        be won now; None if not (what stopped it is acted on: see :meth:`_claimed`)."""
+        be won now; None if not (what stopped it is acted on: see :meth:`_claimed`).
+        ``unsure``: this attempt's claim may have been committed already, its answer lost."""
         assert self.cluster is not None
         async with self._one_claim():
-            # Looked up once this claim's turn came: the others claim while it waits.
-            if await self._looked_up(source, record, number):
+            # Looked up once this claim's turn came: the others claim while it waits. (Not
+            # a claim that may be our own already: the ledger would show it taken, by us,
+            # and only the claim, which knows its attempt id, can tell.)
+            if not unsure and await self._looked_up(source, record, number):
                 return None
             claim = await self.store.claim_dial(**intent, limits=self.cluster(source))
         if self._claimed(claim, source, record):
@@ -271,6 +278,8 @@ class Attempts:
         else's, or until a daemon with none of its own left near the head takes them."""
         numbers = {record.id: number}
         for record_id in source.first_ids(LOOKUP):
+            if (source.name, record_id) in self._unsure:
+                continue  # maybe claimed by us, its answer lost: its own claim will tell
             known = source.known.get(record_id)
             numbers[record_id] = (known.attempts if known else 0) + 1
         try:
@@ -303,10 +312,13 @@ class Attempts:
         self.queue.delay(source, record, until, claim.why)
         return False
 
-    async def _restamp(self, record: Record, attempt_id: str, dialed_at: datetime) -> bool:
+    async def _restamp(
+        self, record: Record, attempt_id: str, dialed_at: datetime
+    ) -> datetime | None:
         """Keep the ledger's start of this dial within START_MARGIN of the real one (after a
-        slow commit); False if that could not be written (then it is not dialed: it stays in
-        flight in the store, and the next start records it as interrupted)."""
+        slow commit) and return it; None if that could not be written (then it is not
+        dialed: it stays in flight in the store, and the next start records it as
+        interrupted)."""
         margin = timedelta(seconds=START_MARGIN)
         while (now := self.clock.now()) - dialed_at > margin:
             dialed_at = now
@@ -314,20 +326,35 @@ class Attempts:
                 await self.store.restamp(attempt_id, at=now)
             except StoreError as exc:
                 logger.error("store.restamp_failed record=%s error=%s (not dialed)", record.id, exc)
-                return False
-        return True
+                return None
+        return dialed_at
 
     async def _stamp_again(
         self, source: Source, record: Record, attempt_id: str, claim: Claimed
-    ) -> bool:
+    ) -> Claimed | None:
         """In a cluster: the platform must see this dial no later than the margin after the
         start its claim counts (the others count it from then). Half the margin is for what
         follows this check (the send); past it, the start is stamped again under the lock,
-        within the rate window, waiting for room if there is none. False if it must not be
-        dialed (recovered by another daemon meanwhile, or the store refused)."""
+        within the rate window, waiting for room if there is none. The claim as it stands, or
+        None if it must not be dialed (recovered by another daemon meanwhile, or the store
+        refused)."""
         assert self.cluster is not None
         limits = self.cluster(source)
+        tries = 0
         while self.clock.monotonic() - claim.since > limits.margin / 2:
+            if tries == RESTAMPS:
+                # Each answer comes back past half the margin (a database this far away,
+                # or this loaded): stamping again could go on for ever, every daemon
+                # waiting on the lock meanwhile. The dial goes out this late after its start.
+                logger.warning(
+                    "dial.late_start record=%s late=%.3fs margin=%gs (the store's answers take "
+                    "longer than half the margin: a longer rate window gives a larger one)",
+                    record.id,
+                    self.clock.monotonic() - claim.since,
+                    limits.margin,
+                )
+                return claim
+            tries += 1
             try:
                 async with self._one_claim():
                     again = await self.store.restamp_claim(attempt_id, limits)
@@ -336,15 +363,15 @@ class Attempts:
                 continue
             except StoreError as exc:
                 logger.error("store.restamp_failed record=%s error=%s (not dialed)", record.id, exc)
-                return False
+                return None
             if isinstance(again, Taken):
                 logger.error("dial.recovered_elsewhere record=%s (not dialed)", record.id)
-                return False
+                return None
             if isinstance(again, NotYet):
                 await self.clock.sleep_until(self.clock.monotonic() + again.wait(self.clock.now()))
                 continue
             claim = again
-        return True
+        return claim
 
     def give_back(self, reservation: Reservation | None) -> None:
         """Nothing was dialed with ``reservation`` (if any): its room in the window is free."""

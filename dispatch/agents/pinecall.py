@@ -632,7 +632,12 @@ class PinecallAgent(Agent):
         if dial is None and call_id is not None and str(call_id) not in self._known:
             # Before its call.dialing (or with none at all): it can only be meant for a dial
             # whose call id we do not know yet. If there is exactly one, it is that one's.
-            unheard = [d for d in self._dials if d.call_id is None and not d.started]
+            # (Sent on this connection: a call.error of an earlier one is no news of it.)
+            unheard = [
+                d
+                for d in self._dials
+                if d.call_id is None and not d.started and d.connection == self._connection
+            ]
             if len(unheard) == 1 and not unheard[0].abandoned:
                 # The agent is registered by this client alone, and every other call of
                 # it was named (dialing, started) before it could fail: the error is this
@@ -697,10 +702,12 @@ class PinecallAgent(Agent):
         """An ``error`` frame (of this agent, or of none): see ``docs/pinecall.md``."""
         code = str(frame.get("code") or "error")
         text = frame.get("error") or frame.get("message")
+        call_id = frame.get("call_id")
         if code == "PHONE_IN_USE" or "PHONE_IN_USE" in str(text):  # the SDK checks both
             self._phone_in_use(frame.get("phone"))
-            return
-        call_id = frame.get("call_id")
+            if not call_id:
+                return  # about a caller id, not a dial
+            # Else it refuses the dial it names as well (rule 1, below).
         if call_id:  # it belongs to that call, and to no other
             dial = self._by_call_id(call_id)
             if dial is not None and not dial.started:  # dialing: refused (late, if given up)

@@ -144,8 +144,8 @@ _BY_REASON = {
 
 async def status(engine: AsyncEngine, now: datetime | None = None) -> StatusReport:
     """Counts per strategy and state, calls in flight, and the dial rate of the last minute,
-    as of ``now`` (by default the database's clock on PostgreSQL, which is what daemons of a
-    cluster stamp their heartbeats and dials with; the system's otherwise)."""
+    as of ``now`` (by default the database's clock for a cluster, which is what its daemons
+    stamp their heartbeats and dials with; the system's otherwise)."""
     if now is None:
         now = await _now(engine)
     by_state = select(records.c.strategy, records.c.state, records.c.reason, func.count()).group_by(
@@ -258,9 +258,18 @@ async def history(
 
 
 async def _now(engine: AsyncEngine) -> datetime:
+    """The clock the daemons of this store stamp with: the database's for a cluster, the
+    system's otherwise (a single daemon stamps its heartbeat with its host's clock)."""
     if engine.dialect.name != "postgresql":
         return datetime.now(UTC)
     with translated("reading the status"):
         async with engine.connect() as conn:
-            now: datetime = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-    return now
+            now, cluster = (
+                await conn.execute(
+                    select(
+                        func.clock_timestamp(),
+                        select(func.bool_or(instances.c.cluster)).scalar_subquery(),
+                    )
+                )
+            ).one()
+    return now if cluster else datetime.now(UTC)

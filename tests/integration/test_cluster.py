@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dispatch import DialRequest, DispatchHub, Heartbeat, Pacing, Record, Store
 from dispatch.clock import SystemClock
-from dispatch.errors import StoreError, StoreInUse
+from dispatch.errors import StoreError, StoreInUse, StoreUnavailable
 from dispatch.rules.caps import Caps
 from dispatch.states import AttemptState, RecordState
 from dispatch.store import DoNotCall, Skipped, cluster
@@ -636,3 +636,60 @@ async def test_a_daemon_starting_while_the_lock_is_held_leaves_recovery_to_a_lat
     finally:
         with contextlib.suppress(DBAPIError):
             await store.frozen.close()
+
+
+class LosesFirstAnswer(Recording):
+    """A claim committed whose answer the connection lost (the first one)."""
+
+    async def claim_dial(self, **intent: Any) -> Any:
+        claim = await super().claim_dial(**intent)
+        if self.claims == 1:
+            raise StoreUnavailable("connection reset after the commit")
+        return claim
+
+
+async def test_a_claim_whose_answer_was_lost_is_not_taken_for_another_daemons(
+    postgres_url: str,
+) -> None:
+    # The ledger shows the record claimed: by this daemon, which must not read that as lost
+    # to another (the claim, made again with its attempt id, finds it is its own).
+    clock = ManualClock()
+    store = LosesFirstAnswer(postgres_url, clock=clock, heartbeat=QUIET_HEARTBEAT)
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    hub = cluster_hub(store, agent, source, pacing=Pacing(max_calls_per_minute=50))
+    with anyio.fail_after(10):
+        async with hub:
+            await agent.wait_for_dials(1)
+            await source.wait_for_events(2)
+    assert store.claims == 2
+    assert await fetch(postgres_url, "SELECT number, state FROM attempts") == [(1, "completed")]
+
+
+class SlowRestamps(Recording):
+    """Every answer to a re-stamp comes ``lag`` after it is asked, on the manual clock."""
+
+    restamps = 0
+
+    async def restamp_claim(self, attempt_id: str, limits: Any) -> Any:
+        self.restamps += 1
+        claim = await super().restamp_claim(attempt_id, limits)
+        assert isinstance(self.clock, ManualClock)
+        self.clock.advance(self.lag)
+        return claim
+
+
+async def test_a_store_slower_than_half_the_margin_is_stamped_again_a_few_times_then_dialed(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 5 s window has a 0.25 s margin; answers taking 0.3 s never land inside half of it.
+    clock = ManualClock()
+    store = SlowRestamps(postgres_url, lag=0.3, clock=clock, heartbeat=QUIET_HEARTBEAT)
+    agent = ScriptedAgent()
+    source = ListStrategy([rec("r1", A)])
+    hub = cluster_hub(store, agent, source, pacing=Pacing(max_calls_per_minute=50, window=5.0))
+    with anyio.fail_after(10):
+        async with hub:
+            await agent.wait_for_dials(1)
+    assert store.restamps == 3
+    assert "dial.late_start record=r1 late=" in caplog.text

@@ -279,6 +279,33 @@ async def test_a_caller_id_in_use_named_only_in_the_error_text_is_dropped_too() 
     assert fake.received("call.dial") == []
 
 
+async def test_a_caller_id_in_use_naming_a_ringing_dial_refuses_that_dial_too() -> None:
+    async with (
+        FakePinecall(script={PHONES[0]: ["silence"]}) as fake,
+        running(fake, phone_numbers=[CALLER, CALLER_2], clock=ManualClock()) as agent,
+    ):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                dials = Dials(agent, tg)
+                dials.start(PHONES[0])
+                await fake.wait_sent("call.dialing")
+                await fake.send(
+                    {
+                        "event": "error",
+                        "agent_id": "dialer",
+                        "call_id": "call-1",
+                        "phone": CALLER,
+                        "code": "PHONE_IN_USE",
+                        "error": "the caller id is in use",
+                    }
+                )
+        with pytest.raises(DialRejected, match="caller_id_in_use"):
+            await agent.dial(request(PHONES[1], 1, from_=CALLER))
+    refused = dials.outcomes[PHONES[0]]
+    assert isinstance(refused, DialRejected)
+    assert refused.reason == "phone_in_use"
+
+
 async def test_a_caller_id_in_use_elsewhere_is_dropped_and_never_dialed_from(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
