@@ -5,6 +5,8 @@ from dispatch import DispatchHub, Record, Strategy, SimulatedAgent
 
 from __future__ import annotations
 
+from ._lazy import exports
+
 # typing is not imported at run time: `dispatch --help` would pay for it (mypy and ruff read
 # this constant as typing.TYPE_CHECKING).
 TYPE_CHECKING = False
@@ -67,6 +69,7 @@ _EXPORTS = {
     "SystemClock": ".clock",
     "normalize_phone": ".record",
 }
+_load = exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from typing import Any
@@ -116,14 +119,7 @@ def __getattr__(name: str) -> Any:
     if name == "__version__":  # importlib.metadata takes longer to import than the CLI
         globals()[name] = value = _version()
         return value
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dispatch' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    return _load(name)
 
 
 def __dir__() -> list[str]:

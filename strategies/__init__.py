@@ -6,11 +6,11 @@ the HTTP client, nor one that reads an API for the SQL machinery it does not use
 
 from __future__ import annotations
 
+from dispatch._lazy import exports
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING to mypy and ruff
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from .csv import CsvStrategy, RowMapper, WriteBack, WriteBackError, neutralize
     from .http import HttpAuth, HttpStrategy, HttpWriteBack, ItemMap, PageMap
     from .sql import SqlStrategy
@@ -28,17 +28,7 @@ _EXPORTS = {
     "PageMap": ".http",
     "SqlStrategy": ".sql",
 }
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'strategies' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = exports(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:
