@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any
@@ -275,7 +275,7 @@ def parse_time(text: str, zone: str | None, default_zone: str | None, name: str)
             "(2026-12-10T09:30-05:00) or give the strategy a timezone template"
         )
     try:
-        return at.replace(tzinfo=UTC if where == "UTC" else ZoneInfo(where))
+        return at.replace(tzinfo=ZoneInfo(where))
     except (ZoneInfoNotFoundError, ValueError):
         raise RowError(f"{name}: unknown time zone {where!r}") from None
 
